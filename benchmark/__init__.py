@@ -1,0 +1,18 @@
+"""fusebench: a pluggable benchmark harness for clinical time-series + chest X-ray fusion."""
+
+from benchmark.errors import FusebenchError
+from benchmark.hookspecs import hookimpl
+from benchmark.specs import COHORTS, MethodSpec, ModelConfig, PretrainingStage, TaskSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COHORTS",
+    "FusebenchError",
+    "MethodSpec",
+    "ModelConfig",
+    "PretrainingStage",
+    "TaskSpec",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,180 @@
+"""The value types a plugin hands to the harness: methods, tasks and pretraining stages.
+
+A plugin returns these from the hooks in :mod:`benchmark.hookspecs`. They are frozen dataclasses so
+that a registered spec cannot be changed behind the harness's back.
+
+The batch contract every model's ``forward`` receives (a ``dict[str, torch.Tensor]``):
+
+==============  ===================  ===========================================================
+key             shape / dtype        meaning
+==============  ===================  ===========================================================
+``ehr``         (B, T, 76) float32   discretized + normalized time series, zero-padded after
+                                     each stay's length (T = longest stay in the batch)
+``ehr_lengths`` (B,) int64, on CPU   number of valid hourly bins per stay (>= 1)
+``cxr``         (B, 3, H, W) float32 ImageNet-normalized image; all zeros where ``has_cxr`` is
+                                     False
+``has_cxr``     (B,) bool            whether the stay has a paired chest X-ray
+``y``           (B, C) float32       labels (0/1); present in training and evaluation batches
+==============  ===================  ===========================================================
+
+Radiology batches used by CXR pretraining carry only ``cxr``, ``has_cxr`` (all True) and ``y``
+(14 labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "COHORTS",
+    "Cohort",
+    "MethodSpec",
+    "ModelConfig",
+    "PretrainingStage",
+    "TaskSpec",
+]
+
+Cohort = Literal["paired", "partial"]
+COHORTS: tuple[Cohort, ...] = ("paired", "partial")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything a method's builder needs to construct its model.
+
+    Attributes:
+        task: task name, e.g. ``"in-hospital-mortality"``.
+        num_classes: number of output logits C.
+        ehr_input_dim: features per hourly bin (76 for the MedFuse discretizer).
+        ehr_hidden: LSTM hidden size of the EHR encoder (256 in the paper).
+        ehr_layers: stacked single-layer LSTMs in the EHR encoder (2 in the paper).
+        dropout: dropout on the EHR feature (0.3 in the paper).
+        image_size: side of the square CXR input in pixels.
+        cxr_weights: optional local file with ImageNet ResNet34 weights (never downloaded).
+        pretrained: state dicts produced by the pretraining stages the method asked for, keyed by
+            stage name; empty when the method declares none or pretraining was disabled.
+        hparams: the method's resolved hyper-parameters for this task (after CLI overrides).
+    """
+
+    task: str
+    num_classes: int
+    ehr_input_dim: int = 76
+    ehr_hidden: int = 256
+    ehr_layers: int = 2
+    dropout: float = 0.3
+    image_size: int = 224
+    cxr_weights: Path | None = None
+    pretrained: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A fusion method as registered by a plugin.
+
+    Attributes:
+        name: unique name used on the command line (lowercase, dashes), e.g. ``"medfuse"``.
+        description: one line saying what the method does.
+        reference: citation or URL of the method.
+        handles_missing_cxr: True when the model uses stays without a chest X-ray itself; False
+            when it needs the image (it still receives such stays at test time, with a zero image
+            and ``has_cxr`` False, and must return logits for them).
+        default_train_cohort: ``"paired"`` or ``"partial"``.
+        hparams: default hyper-parameters per task name; keys understood by the harness:
+            ``lr``, ``batch_size``, ``epochs``, ``betas``, ``weight_decay``, ``patience``
+            (early stopping), ``lr_patience`` and ``lr_factor`` (ReduceLROnPlateau). Other keys
+            are passed to the builder untouched.
+        build: ``build(config: ModelConfig) -> torch.nn.Module``; the module's ``forward(batch)``
+            returns logits of shape (B, C).
+        train_cohorts: cohorts the method may be trained on (the leaderboard trains on each
+            listed one; ``default_train_cohort`` must be among them).
+        pretraining: names of pretraining stages whose weights the builder consumes through
+            ``ModelConfig.pretrained``; stages are registered with
+            ``fusebench_register_pretraining_stages``.
+        distribution: set by the registry: the installed distribution that provided the method.
+        version: set by the registry: that distribution's version.
+    """
+
+    name: str
+    description: str
+    reference: str
+    handles_missing_cxr: bool
+    default_train_cohort: Cohort
+    hparams: Mapping[str, Mapping[str, Any]]
+    build: Callable[[ModelConfig], Any]
+    train_cohorts: tuple[Cohort, ...] = ()
+    pretraining: tuple[str, ...] = ()
+    distribution: str = ""
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.train_cohorts:
+            object.__setattr__(self, "train_cohorts", (self.default_train_cohort,))
+        if self.default_train_cohort not in self.train_cohorts:
+            raise ValueError(
+                f"method {self.name!r}: default_train_cohort {self.default_train_cohort!r} "
+                f"is not in train_cohorts {self.train_cohorts!r}"
+            )
+
+    def hparams_for(self, task: str) -> dict[str, Any]:
+        """Default hyper-parameters for ``task`` (the ``"*"`` entry applies to every task)."""
+        merged = dict(self.hparams.get("*", {}))
+        merged.update(self.hparams.get(task, {}))
+        return merged
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A prediction task defined over the MIMIC-IV benchmark listfiles.
+
+    Attributes:
+        name: task name, also the folder of its listfiles under the EHR root.
+        description: one line.
+        labels: label column names, in listfile order.
+        period_hours: fixed length of the EHR window in hours (48 for in-hospital mortality) or
+            None to use each stay's ``period_length`` (the whole stay, phenotyping).
+        default_cxr_window: ``"48h"`` (image between ICU admission and +48 h) or ``"full-stay"``
+            (admission to discharge).
+        label_groups: optional named subsets of labels (e.g. acute / mixed / chronic phenotypes)
+            reported as extra macro averages.
+    """
+
+    name: str
+    description: str
+    labels: tuple[str, ...]
+    period_hours: float | None
+    default_cxr_window: Literal["48h", "full-stay"]
+    label_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    distribution: str = ""
+    version: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class PretrainingStage:
+    """A stage that produces weights other methods start from (MedFuse stage 1).
+
+    The harness runs a stage at most once per (data fingerprint, task, stage config, seed) and
+    caches its state dict; every method listing the stage in ``MethodSpec.pretraining`` receives
+    it in ``ModelConfig.pretrained[name]``.
+
+    Attributes:
+        name: unique stage name, e.g. ``"cxr-radiology"``.
+        description: one line.
+        run: ``run(context) -> dict[str, torch.Tensor]``; ``context`` is a
+            :class:`benchmark.hookspecs.StageContext`. Returns the state dict to cache.
+        config: JSON-serialisable settings that change the result (part of the cache key).
+    """
+
+    name: str
+    description: str
+    run: Callable[[Any], Mapping[str, Any]]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    distribution: str = ""
+    version: str = ""

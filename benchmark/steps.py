@@ -1,0 +1,65 @@
+"""One optimisation step, as the harness runs it: the plugin's hook if it has one, else the default.
+
+Shared by the training loop, the throughput benchmark and the conformance suite so that all three
+exercise the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.registry import Registry
+from benchmark.specs import MethodSpec
+
+__all__ = ["build_optimizers", "training_step"]
+
+
+def build_optimizers(
+    registry: Registry, method: MethodSpec, model: nn.Module, hparams: Mapping[str, Any]
+) -> list[torch.optim.Optimizer]:
+    """The method's optimizers: its ``fusebench_configure_optimizers`` hook or one Adam.
+
+    The default Adam uses ``hparams["lr"]`` and ``hparams["betas"]`` (MedFuse's recipe passes
+    beta_1 0.9 as beta_2, so "medfuse-2022" hyper-parameters say ``betas=(0.9, 0.9)``).
+    """
+    custom = registry.manager.hook.fusebench_configure_optimizers(
+        method=method, model=model, hparams=hparams
+    )
+    if custom is not None:
+        return list(custom)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        torch.optim.Adam(
+            trainable,
+            lr=float(hparams.get("lr", 1e-4)),
+            betas=tuple(hparams.get("betas", (0.9, 0.999))),
+            weight_decay=float(hparams.get("weight_decay", 0.0)),
+        )
+    ]
+
+
+def training_step(
+    registry: Registry,
+    method: MethodSpec,
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    optimizers: Sequence[torch.optim.Optimizer],
+) -> torch.Tensor:
+    """Run one training step and return the detached loss."""
+    loss = registry.manager.hook.fusebench_training_step(
+        method=method, model=model, batch=batch, optimizers=optimizers
+    )
+    if loss is not None:
+        return loss.detach()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    logits = model(batch)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["y"])
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    return loss.detach()

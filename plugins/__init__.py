@@ -1,0 +1,1 @@
+"""Built-in fusion methods, registered through the ``fusebench.plugins`` entry-point group."""

@@ -1,0 +1,1 @@
+"""Task definitions (labels, EHR window, CXR pairing window) registered as plugins."""
