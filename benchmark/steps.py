@@ -15,22 +15,17 @@ from torch import nn
 from benchmark.registry import Registry
 from benchmark.specs import MethodSpec
 
-__all__ = ["build_optimizers", "training_step"]
+__all__ = ["build_optimizers", "default_optimizers", "default_training_step", "training_step"]
 
 
-def build_optimizers(
-    registry: Registry, method: MethodSpec, model: nn.Module, hparams: Mapping[str, Any]
+def default_optimizers(
+    model: nn.Module, hparams: Mapping[str, Any]
 ) -> list[torch.optim.Optimizer]:
-    """The method's optimizers: its ``fusebench_configure_optimizers`` hook or one Adam.
+    """One Adam over every trainable parameter.
 
-    The default Adam uses ``hparams["lr"]`` and ``hparams["betas"]`` (MedFuse's recipe passes
-    beta_1 0.9 as beta_2, so "medfuse-2022" hyper-parameters say ``betas=(0.9, 0.9)``).
+    Uses ``hparams["lr"]`` and ``hparams["betas"]`` (MedFuse's recipe passes beta_1 0.9 as
+    beta_2, so the "medfuse-2022" hyper-parameters say ``betas=(0.9, 0.9)``).
     """
-    custom = registry.manager.hook.fusebench_configure_optimizers(
-        method=method, model=model, hparams=hparams
-    )
-    if custom is not None:
-        return list(custom)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return [
         torch.optim.Adam(
@@ -42,19 +37,12 @@ def build_optimizers(
     ]
 
 
-def training_step(
-    registry: Registry,
-    method: MethodSpec,
+def default_training_step(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
     optimizers: Sequence[torch.optim.Optimizer],
 ) -> torch.Tensor:
-    """Run one training step and return the detached loss."""
-    loss = registry.manager.hook.fusebench_training_step(
-        method=method, model=model, batch=batch, optimizers=optimizers
-    )
-    if loss is not None:
-        return loss.detach()
+    """zero_grad, BCE-with-logits of ``model(batch)`` against ``batch["y"]``, backward, step."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     logits = model(batch)
@@ -63,3 +51,29 @@ def training_step(
     for optimizer in optimizers:
         optimizer.step()
     return loss.detach()
+
+
+def build_optimizers(
+    registry: Registry, method: MethodSpec, model: nn.Module, hparams: Mapping[str, Any]
+) -> list[torch.optim.Optimizer]:
+    """The method's optimizers: its ``fusebench_configure_optimizers`` hook or the default."""
+    custom = registry.manager.hook.fusebench_configure_optimizers(
+        method=method, model=model, hparams=hparams
+    )
+    return list(custom) if custom is not None else default_optimizers(model, hparams)
+
+
+def training_step(
+    registry: Registry,
+    method: MethodSpec,
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    optimizers: Sequence[torch.optim.Optimizer],
+) -> torch.Tensor:
+    """Run one training step (the method's hook or the default) and return the detached loss."""
+    loss = registry.manager.hook.fusebench_training_step(
+        method=method, model=model, batch=batch, optimizers=optimizers
+    )
+    if loss is not None:
+        return loss.detach()
+    return default_training_step(model, batch, optimizers)
