@@ -1,0 +1,352 @@
+"""One benchmark run: pretraining stages, training, evaluation on both test cohorts, result files.
+
+Layout of a run folder (``{out}/{dataset}/{task}/{method}/{train_cohort}/seed{seed}/``)::
+
+    checkpoint.pt (+ .sha256.json)   state after the last finished epoch (for --resume)
+    predictions-paired.csv           stay_id, prob:<label>..., true:<label>...
+    predictions-partial.csv
+    result-paired.json               validated result (benchmark.results schema)
+    result-partial.json
+    failed.json                      only when the run failed: the error, for the leaderboard
+
+Pretraining stages are cached under ``{out}/stages/{data fingerprint}/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from benchmark import __version__
+from benchmark.checkpoints import load_checkpoint, save_checkpoint
+from benchmark.errors import FusebenchError
+from benchmark.metrics import score_predictions
+from benchmark.presets import get_preset
+from benchmark.progress import RunProgress
+from benchmark.registry import Registry
+from benchmark.results import (
+    SCHEMA_VERSION,
+    atomic_write_bytes,
+    atomic_write_json,
+    environment,
+    git_commit,
+    read_result,
+    sha256_file,
+    utc_now,
+    write_result,
+)
+from benchmark.specs import COHORTS, MethodSpec, ModelConfig, TaskSpec
+from benchmark.steps import (
+    build_optimizers,
+    default_optimizers,
+    default_training_step,
+    training_step,
+)
+from benchmark.train import fit, predict
+
+__all__ = [
+    "RunRequest",
+    "dataset_name",
+    "execute_run",
+    "finished_results",
+    "read_predictions",
+    "record_failure",
+    "run_dir",
+]
+
+BOOTSTRAP_SEED = 0  # shared by every method so that paired differences use the same resamples
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run.
+
+    Attributes:
+        task: task name.
+        method: method name.
+        train_cohort: ``paired`` / ``partial``; None: the method's default.
+        seed: training seed.
+        preset: ``paper`` or ``quick`` (see :mod:`benchmark.presets`).
+        overrides: hyper-parameters from the command line (``epochs``, ``batch_size``, ``lr``).
+        device: torch device string.
+        cxr_weights: optional local ImageNet ResNet34 weights.
+        n_resamples: bootstrap resamples for the test metrics.
+        out: root folder of run folders.
+    """
+
+    task: str
+    method: str
+    train_cohort: str | None = None
+    seed: int = 0
+    preset: str = "paper"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    cxr_weights: Path | None = None
+    n_resamples: int = 1000
+    out: Path = Path("runs")
+
+
+def dataset_name(data: Any) -> str:
+    """``demo`` for the synthetic dataset, ``mimic`` otherwise."""
+    return "demo" if data.config.is_demo else "mimic"
+
+
+def _cohort_of(request: RunRequest, method: MethodSpec) -> str:
+    cohort = request.train_cohort or method.default_train_cohort
+    if cohort not in method.train_cohorts:
+        raise FusebenchError(
+            f"--train-cohort {cohort}: method {method.name!r} trains on "
+            f"{' or '.join(method.train_cohorts)} only"
+        )
+    return cohort
+
+
+def run_dir(request: RunRequest, method: MethodSpec, data: Any) -> Path:
+    """The folder of one run."""
+    cohort = _cohort_of(request, method)
+    return (Path(request.out) / dataset_name(data) / request.task / method.name / cohort
+            / f"seed{request.seed}")
+
+
+def finished_results(folder: Path) -> list[dict[str, Any]] | None:
+    """The run's results if both test cohorts' files exist and validate, else None."""
+    paths = [folder / f"result-{cohort}.json" for cohort in COHORTS]
+    if not all(path.exists() for path in paths):
+        return None
+    try:
+        return [read_result(path) for path in paths]
+    except FusebenchError:
+        return None
+
+
+def _resolved_hparams(request: RunRequest, method: MethodSpec) -> dict[str, Any]:
+    hparams = get_preset(request.preset).apply(method.hparams_for(request.task))
+    hparams.update({k: v for k, v in request.overrides.items() if v is not None})
+    return hparams
+
+
+class _StageContext:
+    """The harness side of :class:`benchmark.hookspecs.StageContext`."""
+
+    def __init__(self, task: TaskSpec, data: Any, request: RunRequest, stage: str,
+                 model_config: ModelConfig, progress: RunProgress | None) -> None:
+        self.task = task
+        self.seed = request.seed
+        self.device = torch.device(request.device)
+        self.model_config = model_config
+        self._data = data
+        self._request = request
+        self._stage = stage
+        self._progress = progress
+
+    def fit(self, model: nn.Module, *, cohort: str, hparams: Mapping[str, Any]) -> nn.Module:
+        if cohort == "radiology":
+            train, val = self._data.radiology("train"), self._data.radiology("val")
+        else:
+            train, val = self._data.cohort("train", cohort), self._data.cohort("val", cohort)
+        merged = get_preset(self._request.preset).apply(hparams)
+        merged.update({k: v for k, v in self._request.overrides.items() if v is not None})
+        model.to(self.device)
+        outcome = fit(
+            model, train, val, merged, optimizers=default_optimizers(model, merged),
+            step=default_training_step, device=self.device, seed=self.seed,
+            progress=self._progress, description=f"stage {self._stage}",
+        )
+        model.load_state_dict(outcome.best_state)
+        return model
+
+
+def _stage_weights(registry: Registry, method: MethodSpec, task: TaskSpec, data: Any,
+                   request: RunRequest, base: ModelConfig,
+                   progress: RunProgress | None) -> dict[str, Any]:
+    weights = {}
+    for name in method.pretraining:
+        stage = registry.stage(name)
+        key = json.dumps({"stage": stage.name, "config": stage.config, "preset": request.preset,
+                          "overrides": dict(request.overrides), "seed": request.seed,
+                          "image_size": base.image_size, "cxr_weights": str(request.cxr_weights)},
+                         sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = Path(request.out) / "stages" / data.fingerprint[:16] / f"{name}-{digest}.pt"
+        if path.exists():
+            weights[name] = load_checkpoint(path)
+            continue
+        context = _StageContext(task, data, request, name, base, progress)
+        torch.manual_seed(request.seed)
+        state = dict(stage.run(context))
+        save_checkpoint(path, state)
+        weights[name] = state
+    return weights
+
+
+def _predictions_frame(stay_ids: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
+                       task: TaskSpec) -> pd.DataFrame:
+    columns: dict[str, Any] = {"stay_id": stay_ids}
+    columns.update({f"prob:{name}": probabilities[:, i] for i, name in enumerate(task.labels)})
+    columns.update({f"true:{name}": labels[:, i].astype(int) for i, name in enumerate(task.labels)})
+    return pd.DataFrame(columns)
+
+
+def read_predictions(path: Path, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(stay_ids, labels, probabilities)`` of a predictions file written by a run.
+
+    Raises:
+        FusebenchError: unreadable file or a column of ``task`` missing.
+    """
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise FusebenchError(f"{path}: cannot read predictions ({error})") from error
+    needed = ["stay_id"] + [f"{kind}:{name}" for kind in ("prob", "true") for name in task.labels]
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise FusebenchError(
+            f"{path}: column {missing[0]!r} missing for task {task.name} "
+            f"(expected stay_id, prob:<label>, true:<label>)"
+        )
+    probabilities = frame[[f"prob:{n}" for n in task.labels]].to_numpy(np.float64)
+    labels = frame[[f"true:{n}" for n in task.labels]].to_numpy(np.float64)
+    if not np.isfinite(probabilities).all() or ((probabilities < 0) | (probabilities > 1)).any():
+        raise FusebenchError(f"{path}: probabilities must be finite and within [0, 1]")
+    if not np.isin(labels, (0, 1)).all():
+        raise FusebenchError(f"{path}: labels must be 0 or 1")
+    return frame["stay_id"].to_numpy(np.int64), labels, probabilities
+
+
+def _check_outputs(probabilities: np.ndarray, method: MethodSpec, expected: int) -> None:
+    if probabilities.ndim != 2 or probabilities.shape[1] != expected:
+        raise FusebenchError(f"method {method.name!r} returned logits of shape "
+                             f"{probabilities.shape}, expected (B, {expected})")
+    if not np.isfinite(probabilities).all():
+        raise FusebenchError(f"method {method.name!r} produced NaN or infinite outputs")
+
+
+def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: bool = False,
+                progress: RunProgress | None = None) -> list[dict[str, Any]]:
+    """Train ``request.method`` on ``data`` and write predictions and results for both cohorts.
+
+    Args:
+        registry: plugins.
+        request: what to run.
+        data: the task's :class:`benchmark.data.PreparedData`.
+        resume: continue from the last checkpoint; a finished run is returned as it is.
+        progress: live display.
+
+    Returns:
+        The result dicts, paired test cohort first.
+    """
+    task, method = registry.task(request.task), registry.method(request.method)
+    cohort = _cohort_of(request, method)
+    folder = run_dir(request, method, data)
+    if resume and (done := finished_results(folder)):
+        return done
+    (folder / "failed.json").unlink(missing_ok=True)
+    hparams = _resolved_hparams(request, method)
+    base = ModelConfig(task=task.name, num_classes=task.num_classes,
+                       image_size=data.config.image_size, cxr_weights=request.cxr_weights,
+                       hparams=hparams)
+    pretrained = _stage_weights(registry, method, task, data, request, base, progress)
+    device = torch.device(request.device)
+    torch.manual_seed(request.seed)
+    model = method.build(ModelConfig(**{**base.__dict__, "pretrained": pretrained})).to(device)
+    optimizers = build_optimizers(registry, method, model, hparams)
+
+    def step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizers: list) -> torch.Tensor:
+        return training_step(registry, method, model, batch, optimizers)
+
+    outcome = fit(
+        model, data.cohort("train", cohort), data.cohort("val", cohort), hparams,
+        optimizers=optimizers, step=step, device=device, seed=request.seed,
+        checkpoint=folder / "checkpoint.pt", resume=resume, progress=progress,
+        description=f"{method.name} {task.name} ({cohort})",
+    )
+    model.load_state_dict(outcome.best_state)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    results = []
+    for test_cohort in COHORTS:
+        view = data.cohort("test", test_cohort)
+        probabilities, labels = predict(model, view, int(hparams.get("batch_size", 16)), device)
+        _check_outputs(probabilities, method, task.num_classes)
+        predictions = folder / f"predictions-{test_cohort}.csv"
+        buffer = io.StringIO()
+        _predictions_frame(view.stay_ids, probabilities, labels, task).to_csv(buffer, index=False)
+        atomic_write_bytes(predictions, buffer.getvalue().encode())
+        scores = score_predictions(labels, probabilities, task.labels,
+                                   n_resamples=request.n_resamples, seed=BOOTSTRAP_SEED,
+                                   label_groups=task.label_groups or None)
+        result = {
+            "schema_version": SCHEMA_VERSION,
+            "created": utc_now(),
+            "harness": {"version": __version__, "git_commit": git_commit()},
+            "dataset": {"name": dataset_name(data), "fingerprint": data.fingerprint,
+                        "is_demo": bool(data.config.is_demo),
+                        "normalizer": data.config.normalizer,
+                        "image_size": int(data.config.image_size),
+                        "skipped_rows": len(data.skips)},
+            "task": task.name,
+            "method": {"name": method.name, "distribution": method.distribution,
+                       "version": method.version, "hparams": _jsonable(hparams),
+                       "trainable_parameters": int(trainable),
+                       "init": _jsonable(getattr(model, "init_info", {})),
+                       "pretraining": list(method.pretraining)},
+            "train_cohort": cohort,
+            "test_cohort": {"name": test_cohort, "n": len(view),
+                            "positives": {name: int(labels[:, i].sum())
+                                          for i, name in enumerate(task.labels)}},
+            "cxr_window": _cxr_window(data, task),
+            "metrics": {"auroc": scores["auroc"], "auprc": scores["auprc"]},
+            "ci": scores["ci"],
+            "seeds": [request.seed],
+            "preset": request.preset,
+            "training": {"seconds": round(outcome.seconds, 3), "best_epoch": outcome.best_epoch,
+                         "epochs_run": outcome.epochs_run,
+                         "best_val_auroc": _finite_or_none(outcome.best_score),
+                         "history": _jsonable(outcome.history)},
+            "predictions": {"file": predictions.name, "sha256": sha256_file(predictions)},
+            "environment": environment(request.device),
+            "status": "ok",
+        }
+        write_result(folder / f"result-{test_cohort}.json", result)
+        results.append(result)
+    return results
+
+
+def _cxr_window(data: Any, task: TaskSpec) -> str:
+    window = data.config.cxr_window
+    return task.default_cxr_window if window == "default" else window
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists, numpy scalars as Python numbers, NaN as None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def record_failure(folder: Path, error: BaseException) -> None:
+    """Write ``failed.json`` so the leaderboard can list the run as failed, with its reason."""
+    atomic_write_json(folder / "failed.json", {
+        "created": utc_now(), "error": f"{type(error).__name__}: {error}".splitlines()[0],
+    })
