@@ -1,0 +1,233 @@
+"""Shared building blocks of the built-in methods: the EHR LSTM encoder, the ResNet34 CXR encoder.
+
+Both follow MedFuse (Hayat et al., 2022): the EHR encoder is a stack of single-layer
+``nn.LSTM``\\ s over packed sequences whose feature is the last layer's final hidden state followed
+by dropout; the CXR encoder is torchvision's ResNet34 without its ``fc`` (a 512-d feature). The
+state dicts of these two classes are what the pretraining stages produce and what the fusion
+methods load, so every method must build its encoders from here.
+
+Example:
+    >>> from benchmark.specs import ModelConfig
+    >>> encoder = EHREncoder.from_config(ModelConfig(task="phenotyping", num_classes=25))
+    >>> encoder.feature_dim
+    256
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from benchmark.errors import FusebenchError
+from benchmark.specs import ModelConfig
+
+__all__ = [
+    "CXR_STAGE",
+    "EHR_STAGE",
+    "IHM",
+    "PHENOTYPING",
+    "CXREncoder",
+    "EHREncoder",
+    "cxr_feature_dim",
+    "init_medfuse_",
+    "load_encoder_state",
+    "medfuse_2022_hparams",
+]
+
+IHM = "in-hospital-mortality"
+PHENOTYPING = "phenotyping"
+CXR_STAGE = "cxr-radiology"
+EHR_STAGE = "ehr-uni"
+
+# The published scripts' recipe; lr is tuned per method and task (reference section 2.6).
+_RECIPE: dict[str, Any] = {
+    "batch_size": 16,
+    "epochs": 50,
+    "betas": (0.9, 0.9),  # the original passes its beta_1 flag as beta_2
+    "patience": 15,
+    "lr_patience": 10,
+    "lr_factor": 0.5,
+}
+
+
+def medfuse_2022_hparams(
+    ihm_lr: float, phenotyping_lr: float, **extra: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The "medfuse-2022" recipe per task with the method's tuned learning rates.
+
+    Args:
+        ihm_lr: learning rate for in-hospital mortality (also the default for other tasks).
+        phenotyping_lr: learning rate for phenotyping.
+        extra: per-task additional keys, e.g. ``{"phenotyping": {"layer_after": 3}}``.
+
+    Returns:
+        ``MethodSpec.hparams``: entries for ``"*"``, in-hospital mortality and phenotyping.
+    """
+    table = {
+        "*": {**_RECIPE, "lr": ihm_lr},
+        IHM: {**_RECIPE, "lr": ihm_lr},
+        PHENOTYPING: {**_RECIPE, "lr": phenotyping_lr},
+    }
+    for task, values in extra.items():
+        table.setdefault(task, dict(_RECIPE)).update(values)
+    return table
+
+
+def init_medfuse_(module: nn.Module) -> None:
+    """MedFuse's EHR initialisation, in place: xavier-uniform input and Linear weights,
+    orthogonal hidden-to-hidden weights, zero biases."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.xavier_uniform_(sub.weight)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LSTM):
+            for name, parameter in sub.named_parameters():
+                if name.startswith("weight_ih"):
+                    nn.init.xavier_uniform_(parameter)
+                elif name.startswith("weight_hh"):
+                    nn.init.orthogonal_(parameter)
+                else:
+                    nn.init.zeros_(parameter)
+
+
+class EHREncoder(nn.Module):
+    """Stacked single-layer LSTMs over the packed EHR series.
+
+    Args:
+        input_dim: features per hourly bin.
+        hidden: hidden size of every LSTM.
+        layers: number of stacked LSTMs.
+        dropout: dropout on the final feature.
+    """
+
+    def __init__(self, input_dim: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        sizes = [input_dim] + [hidden] * layers
+        self.layers = nn.ModuleList(
+            nn.LSTM(sizes[i], hidden, batch_first=True) for i in range(layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.feature_dim = hidden
+        init_medfuse_(self)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> EHREncoder:
+        """The encoder at ``config``'s sizes."""
+        return cls(config.ehr_input_dim, config.ehr_hidden, config.ehr_layers, config.dropout)
+
+    def sequence(self, ehr: torch.Tensor, lengths: torch.Tensor, stop: int) -> torch.Tensor:
+        """Padded output (B, T, hidden) of the first ``stop`` layers (zeros after each length)."""
+        packed = _pack(ehr, lengths)
+        for layer in self.layers[:stop]:
+            packed, _ = layer(packed)
+        padded, _ = pad_packed_sequence(packed, batch_first=True, total_length=ehr.shape[1])
+        return padded
+
+    def features_from(self, sequence: torch.Tensor, lengths: torch.Tensor, start: int) -> torch.Tensor:
+        """Feature (B, hidden) after running layers ``start:`` over a padded sequence."""
+        packed = _pack(sequence, lengths)
+        final_hidden = None
+        for layer in self.layers[start:]:
+            packed, (final_hidden, _) = layer(packed)
+        if final_hidden is None:
+            raise FusebenchError(f"EHR encoder has {len(self.layers)} layers, none after {start}: "
+                                 "set ehr_layers >= 2")
+        return self.dropout(final_hidden[-1])
+
+    def forward(self, ehr: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Feature (B, hidden): final hidden state of the last layer, after dropout."""
+        return self.features_from(ehr, lengths, start=0)
+
+
+def _pack(sequence: torch.Tensor, lengths: torch.Tensor) -> nn.utils.rnn.PackedSequence:
+    return pack_padded_sequence(sequence, lengths.cpu(), batch_first=True, enforce_sorted=False)
+
+
+def cxr_feature_dim(depth: int) -> int:
+    """Channels of ResNet34's feature map after layer ``depth`` (0: after the stem)."""
+    return 64 * 2 ** max(depth - 1, 0)
+
+
+class CXREncoder(nn.Module):
+    """torchvision ResNet34 up to layer ``depth`` (4: the whole network without ``fc``).
+
+    Layers after ``depth`` are not constructed. Parameter names are torchvision's, so ImageNet
+    weights and the ``cxr-radiology`` stage's state dict load directly.
+
+    Args:
+        depth: last residual stage built, 0-4.
+        weights_file: optional local file with torchvision ImageNet ResNet34 weights; without
+            it the network keeps torchvision's random initialisation. Never downloaded.
+    """
+
+    def __init__(self, depth: int = 4, weights_file: Path | None = None) -> None:
+        super().__init__()
+        if not 0 <= depth <= 4:
+            raise FusebenchError(f"layer_after must be within 0-4, got {depth}")
+        network = torchvision.models.resnet34(weights=None)
+        if weights_file is not None:
+            network.load_state_dict(_read_state(Path(weights_file)))
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            network.conv1, network.bn1, network.relu, network.maxpool
+        )
+        for index in range(1, depth + 1):
+            setattr(self, f"layer{index}", getattr(network, f"layer{index}"))
+        self.depth = depth
+        self.feature_dim = cxr_feature_dim(depth)
+        self.source = f"imagenet:{Path(weights_file).name}" if weights_file else "random"
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The (B, feature_dim, h, w) map after layer ``depth``."""
+        out = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        for index in range(1, self.depth + 1):
+            out = getattr(self, f"layer{index}")(out)
+        return out
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled feature (B, feature_dim)."""
+        return self.feature_map(images).mean(dim=(2, 3))
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise FusebenchError(f"{path}: cannot read ResNet34 weights ({error}); pass a torchvision "
+                             "resnet34 state dict file or omit --cxr-weights") from error
+    if not isinstance(state, Mapping) or "conv1.weight" not in state:
+        raise FusebenchError(f"{path}: not a torchvision resnet34 state dict (no conv1.weight); "
+                             "pass the file saved by torch.save(resnet34(...).state_dict())")
+    return dict(state)
+
+
+def load_encoder_state(encoder: nn.Module, config: ModelConfig, stage: str) -> str:
+    """Load the ``stage`` weights of ``config.pretrained`` into ``encoder`` if present.
+
+    Keys of layers the encoder did not build (e.g. ResNet ``layer4`` for DAFT at layer 3) are
+    ignored; any other mismatch is an error.
+
+    Returns:
+        How the encoder was initialised, for ``model.init_info``: ``"pretrained:<stage>"``, or
+        the encoder's own ``source`` (``"random"``/``"imagenet:<file>"``) when absent.
+    """
+    state = config.pretrained.get(stage)
+    if state is None:
+        return getattr(encoder, "source", "random")
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise FusebenchError(f"pretraining stage {stage!r} weights lack {missing[0]!r} "
+                             f"({len(missing)} keys missing); delete the stage cache and rerun")
+    try:
+        encoder.load_state_dict({key: state[key] for key in own})
+    except RuntimeError as error:
+        raise FusebenchError(f"pretraining stage {stage!r} weights do not fit the model's "
+                             f"configuration ({str(error).splitlines()[-1].strip()})") from error
+    return f"pretrained:{stage}"
