@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ class CXREncoder(nn.Module):
             raise FusebenchError(f"layer_after must be within 0-4, got {depth}")
         network = torchvision.models.resnet34(weights=None)
         if weights_file is not None:
-            network.load_state_dict(_read_state(Path(weights_file)))
+            _load_imagenet(network, Path(weights_file))
         self.conv1, self.bn1, self.relu, self.maxpool = (
             network.conv1, network.bn1, network.relu, network.maxpool
         )
@@ -195,10 +196,18 @@ class CXREncoder(nn.Module):
         return self.feature_map(images).mean(dim=(2, 3))
 
 
+def _load_imagenet(network: nn.Module, path: Path) -> None:
+    try:
+        network.load_state_dict(_read_state(path))
+    except RuntimeError as error:
+        raise FusebenchError(f"{path}: does not fit torchvision resnet34 "
+                             f"({str(error).splitlines()[-1].strip()})") from error
+
+
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise FusebenchError(f"{path}: cannot read ResNet34 weights ({error}); pass a torchvision "
                              "resnet34 state dict file or omit --cxr-weights") from error
     if not isinstance(state, Mapping) or "conv1.weight" not in state:
