@@ -20,7 +20,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from benchmark.metrics import _resampled, bootstrap_indices, score_predictions
+from benchmark.metrics import (
+    auroc_resampled,
+    average_precision_resampled,
+    bootstrap_indices,
+    score_predictions,
+)
 
 N_STAYS = 2166
 N_LABELS = 25
@@ -85,11 +90,12 @@ def test_original_loop(benchmark, test_set, capsys):
 
     # Equal values on equal resamples: replicates and per-label intervals.
     indices = bootstrap_indices(N_STAYS, ORIGINAL_RESAMPLES, SEED)
-    auroc_values, precision_values = _resampled(y_true.astype(bool), y_prob, indices)
     ours = _ours(y_true, y_prob, ORIGINAL_RESAMPLES)
     for c, (auroc_list, auprc_list, auroc_ci, auprc_ci) in enumerate(original):
-        np.testing.assert_allclose(auroc_values[:, c], auroc_list, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(precision_values[:, c], auprc_list, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(auroc_resampled(y_true[:, c], y_prob[:, c], indices),
+                                   auroc_list, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(average_precision_resampled(y_true[:, c], y_prob[:, c], indices),
+                                   auprc_list, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(ours["auroc"]["per_label"][LABELS[c]]["ci"], auroc_ci,
                                    rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(ours["auprc"]["per_label"][LABELS[c]]["ci"], auprc_ci,
