@@ -3,11 +3,12 @@
 Squeeze = concat[GAP of the CNN map, time-mean of the EHR sequence over each stay's valid steps]
 -> Linear(., int(2 * dim / ratio)) -> ReLU -> two Linear heads -> sigmoid gates rescaling the CNN
 channels and the EHR features at every step. Three heads (EHR, CXR, joint); training runs three
-steps per batch, one per loss, each with its own optimizer over a disjoint parameter set:
+steps per batch, one per loss, each with its own optimizer, as in the original trainer:
 
-- EHR loss -> EHR encoder + EHR head (the original wired this optimizer to the CNN),
-- CXR loss -> CNN + CXR head,
-- joint loss -> MMTM module + projection + joint classifier.
+- EHR loss -> EHR encoder + EHR head + MMTM module (the original wired this optimizer to the
+  CNN and MMTM module instead: a defect not copied),
+- CXR loss -> CNN + CXR head + MMTM module,
+- joint loss -> every trainable parameter.
 
 ``forward`` returns the joint head's logits, or with ``hparams["output"] = "late_average"`` the
 logit of the mean of the EHR and CXR probabilities. Stays without a chest X-ray are scored on
@@ -104,11 +105,11 @@ class MMTMFusion(nn.Module):
                           "cxr": load_encoder_state(self.cxr, config, CXR_STAGE)}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Disjoint trainable parameters stepped after each head's loss: ``ehr``, ``cxr``, ``joint``."""
+        """Trainable parameters stepped after each head's loss: ``ehr``, ``cxr``, ``joint``."""
         modules = {
-            "ehr": (self.ehr, self.ehr_head),
-            "cxr": (self.cxr, self.cxr_head),
-            "joint": (self.mmtm, self.projection, self.joint_head),
+            "ehr": (self.ehr, self.ehr_head, self.mmtm),
+            "cxr": (self.cxr, self.cxr_head, self.mmtm),
+            "joint": (self,),
         }
         return {head: [p for module in group for p in module.parameters() if p.requires_grad]
                 for head, group in modules.items()}
