@@ -93,15 +93,17 @@ def _check_block(name: str, block: Any, spec: Mapping[str, Any]) -> list[str]:
 
 
 def _check_interval(path: str, entry: Any) -> list[str]:
-    """A metric entry is {"value": number, "ci": [low, high]}; null marks an undefined metric."""
+    """A metric entry is {"value": number, "ci": [low, high]}.
+
+    null marks what is undefined: the value when a label has one class in the test set, the
+    interval when every resample has one class (tiny test sets).
+    """
     if not isinstance(entry, dict) or "value" not in entry or "ci" not in entry:
         return [f"'{path}' must have 'value' and 'ci'"]
     value, ci = entry["value"], entry["ci"]
-    if value is None and ci is None:
-        return []
-    if not isinstance(value, (int, float)):
+    if value is not None and not isinstance(value, (int, float)):
         return [f"'{path}.value' must be a number"]
-    if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
+    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
         return [f"'{path}.ci' must be [low, high]"]
     return []
 
