@@ -1,0 +1,313 @@
+"""Readers of the EHR and CXR CSV files; every bad cell becomes a one-line error naming file and line.
+
+Line numbers are 1-based file lines (the header is line 1), as an editor shows them.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data.discretizer import DiscretizerConfig
+from benchmark.data.layout import episode_path, listfile_path, require_file
+from benchmark.errors import FusebenchError
+
+__all__ = [
+    "Episodes",
+    "Listfile",
+    "check_unique_stays",
+    "numeric_column",
+    "parse_study_datetime",
+    "read_all_stays",
+    "read_csv_checked",
+    "read_episodes",
+    "read_listfile",
+]
+
+
+def read_csv_checked(path: Path, columns: Sequence[str], what: str,
+                     dtype: dict | None = None) -> pd.DataFrame:
+    """Read a CSV and check it has ``columns`` (extra columns are allowed)."""
+    require_file(path, what)
+    try:
+        frame = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise FusebenchError(f"{path}: cannot parse the {what} ({_first_line(error)})") from error
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FusebenchError(f"{path} line 1: missing column {missing[0]!r} in the {what} header "
+                             f"(expected {', '.join(columns)})")
+    return frame
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def numeric_column(frame: pd.DataFrame, column: str, path: Path, *, integer: bool = False,
+                   allowed: Sequence[float] | None = None) -> np.ndarray:
+    """A column as numbers; the first empty/non-numeric/disallowed cell is an error with its line."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(values)
+    if integer:
+        bad |= ~np.isclose(values, np.round(values))
+    if allowed is not None:
+        bad |= ~np.isin(values, allowed)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        expected = (f"one of {', '.join(f'{a:g}' for a in allowed)}" if allowed is not None
+                    else "an integer" if integer else "a number")
+        raise FusebenchError(f"{path} line {row + 2}: column {column!r} is "
+                             f"{frame[column].iloc[row]!r}, expected {expected}")
+    return values.astype(np.int64) if integer else values
+
+
+@dataclass(frozen=True)
+class Listfile:
+    """One split's listfile: rows in file order.
+
+    Attributes:
+        path: the listfile.
+        stays: episode file names (``{subject}_episode{k}_timeseries.csv``).
+        episode_paths: absolute episode paths (val rows point into ``{task}/train/``).
+        stay_ids: (N,) int64.
+        subject_ids: (N,) int64, from the episode file name.
+        period_hours: (N,) float64 ``period_length`` column.
+        labels: (N, C) float32, 0/1.
+    """
+
+    path: Path
+    stays: list[str]
+    episode_paths: list[Path]
+    stay_ids: np.ndarray
+    subject_ids: np.ndarray
+    period_hours: np.ndarray
+    labels: np.ndarray
+
+
+def read_listfile(ehr_root: Path, task: str, split: str, labels: Sequence[str]) -> Listfile:
+    """Read and validate ``{task}/{split}_listfile.csv`` (columns, labels, stay paths, files)."""
+    path = listfile_path(ehr_root, task, split)
+    frame = read_csv_checked(path, ["stay", "period_length", "stay_id", *labels],
+                             f"{split} listfile of {task}", dtype={"stay": str})
+    stay_ids = numeric_column(frame, "stay_id", path, integer=True)
+    period = numeric_column(frame, "period_length", path)
+    label_array = np.stack([numeric_column(frame, name, path, allowed=(0.0, 1.0))
+                            for name in labels], axis=1).astype(np.float32)
+    stays = frame["stay"].fillna("").astype(str).tolist()
+    paths, subjects = [], []
+    for row, stay in enumerate(stays):
+        try:
+            episode = episode_path(ehr_root, task, split, stay)
+        except ValueError as error:
+            raise FusebenchError(f"{path} line {row + 2}: {error}; a stay must be a file name "
+                                 "inside the task folder") from error
+        match = re.match(r"(\d+)_", Path(stay).name)
+        if match is None:
+            raise FusebenchError(f"{path} line {row + 2}: stay {stay!r} does not start with "
+                                 "'{subject_id}_' as mimic4extract names episodes")
+        paths.append(episode)
+        subjects.append(int(match.group(1)))
+    return Listfile(path, stays, paths, stay_ids, np.asarray(subjects, np.int64), period,
+                    label_array)
+
+
+def check_unique_stays(listfiles: Sequence[Listfile]) -> None:
+    """A stay_id appearing twice across the task's listfiles is an error at its second line."""
+    seen: dict[int, str] = {}
+    for listfile in listfiles:
+        for row, stay_id in enumerate(listfile.stay_ids.tolist()):
+            if stay_id in seen:
+                raise FusebenchError(f"{listfile.path} line {row + 2}: duplicate stay_id {stay_id} "
+                                     f"(already at {seen[stay_id]}); each stay must appear once")
+            seen[stay_id] = f"{listfile.path.name} line {row + 2}"
+
+
+def read_all_stays(ehr_root: Path) -> pd.DataFrame:
+    """``root/all_stays.csv``: subject_id, stay_id, intime, outtime (validated, unique stay_id)."""
+    path = ehr_root / "root" / "all_stays.csv"
+    frame = read_csv_checked(path, ["subject_id", "stay_id", "intime", "outtime"], "ICU stay table")
+    result = pd.DataFrame({
+        "subject_id": numeric_column(frame, "subject_id", path, integer=True),
+        "stay_id": numeric_column(frame, "stay_id", path, integer=True),
+    })
+    for column in ("intime", "outtime"):
+        parsed = pd.to_datetime(frame[column], errors="coerce", format="mixed")
+        if parsed.isna().any():
+            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise FusebenchError(f"{path} line {row + 2}: {column} {frame[column].iloc[row]!r} is "
+                                 "not a date-time (expected YYYY-MM-DD HH:MM:SS)")
+        result[column] = parsed.to_numpy()
+    duplicated = result["stay_id"].duplicated().to_numpy()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise FusebenchError(f"{path} line {row + 2}: duplicate stay_id "
+                             f"{result['stay_id'].iloc[row]}; each ICU stay must appear once")
+    return result
+
+
+def parse_study_datetime(frame: pd.DataFrame, path: Path) -> pd.Series:
+    """StudyDate (YYYYMMDD) + StudyTime (HHMMSS.sss, int, zero-padded to 6) as datetimes."""
+    dates = frame["StudyDate"].astype(str).str.strip()
+    times = pd.to_numeric(frame["StudyTime"], errors="coerce")
+    whole = np.trunc(times.to_numpy(np.float64))
+    bad = np.isnan(whole) | (whole < 0) | (whole >= 240000)
+    text = pd.Series(np.where(bad, 0, whole).astype(np.int64), index=frame.index).map("{:06d}".format)
+    stamps = pd.to_datetime(dates + " " + text, format="%Y%m%d %H%M%S", errors="coerce")
+    bad |= stamps.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise FusebenchError(f"{path} line {row + 2}: StudyDate {frame['StudyDate'].iloc[row]!r} /"
+                             f" StudyTime {frame['StudyTime'].iloc[row]!r} is not a date (YYYYMMDD)"
+                             " and time (HHMMSS.sss)")
+    return stamps
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """Events of several episode files, one row per CSV row, stays in the given order.
+
+    Attributes:
+        hours: (R,) float64 ``Hours``.
+        stay: (R,) int64 index of the episode in the list read.
+        values: (R, 17) float64 values (category index for categorical channels), NaN = empty.
+        line: (R,) int64 file line of each row.
+    """
+
+    hours: np.ndarray
+    stay: np.ndarray
+    values: np.ndarray
+    line: np.ndarray
+
+
+def read_episodes(paths: Sequence[Path], origins: Sequence[str],
+                  config: DiscretizerConfig) -> Episodes:
+    """Read episode CSVs into one event table, parsing all files of a header at once.
+
+    Args:
+        paths: episode files.
+        origins: per file, where it was listed (``"train_listfile.csv line 7"``), for errors.
+        config: the discretizer configuration (channel names and categories).
+    """
+    groups: dict[tuple[str, ...], list[tuple[int, bytes, int]]] = {}
+    for index, (path, origin) in enumerate(zip(paths, origins, strict=True)):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as error:
+            raise FusebenchError(f"{origin}: episode file {path} is missing; re-run the EHR "
+                                 "extraction or remove the row") from error
+        header, _, body = raw.partition(b"\n")
+        columns = _check_header(header, path, config)
+        body = body.rstrip(b"\r\n")
+        rows = body.count(b"\n") + 1 if body else 0
+        groups.setdefault(columns, []).append((index, body + b"\n" if rows else b"", rows))
+    parts = [_parse_group(columns, members, paths, config) for columns, members in groups.items()]
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return Episodes(np.zeros(0), empty, np.zeros((0, len(config.channels))), empty)
+    episodes = Episodes(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                          ("hours", "stay", "values", "line")))
+    if len(parts) > 1:
+        order = np.argsort(episodes.stay, kind="stable")
+        episodes = Episodes(episodes.hours[order], episodes.stay[order], episodes.values[order],
+                            episodes.line[order])
+    _check_time_order(episodes, paths)
+    return episodes
+
+
+def _check_header(header: bytes, path: Path, config: DiscretizerConfig) -> tuple[str, ...]:
+    columns = tuple(header.decode("utf-8", "replace").strip().split(","))
+    expected = ("Hours", *config.channels)
+    if set(columns) != set(expected) or len(columns) != len(expected):
+        missing = [c for c in expected if c not in columns]
+        unknown = [c for c in columns if c not in expected]
+        problem = (f"missing column {missing[0]!r}" if missing else f"unexpected column "
+                   f"{unknown[0]!r}" if unknown else "a repeated column")
+        raise FusebenchError(f"{path} line 1: {problem}; an episode file has Hours and the 17 "
+                             "channels of discretizer_config.json")
+    return columns
+
+
+def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]],
+                 paths: Sequence[Path], config: DiscretizerConfig) -> Episodes:
+    indices = np.array([m[0] for m in members], np.int64)
+    counts = np.array([m[2] for m in members], np.int64)
+    stay = np.repeat(indices, counts)
+    first_row = np.repeat(np.cumsum(counts) - counts, counts)
+    line = np.arange(int(counts.sum()), dtype=np.int64) - first_row + 2
+    text = b"".join(m[1] for m in members)
+    locate = _Locator(stay, line, paths)
+    categorical = [c for c in config.channels if config.is_categorical(c)]
+    dtypes = {c: (str if c in categorical else np.float64) for c in columns}
+    frame = _read_frame(text, columns, dtypes, locate)
+    hours = frame["Hours"].to_numpy(np.float64)
+    if np.isnan(hours).any():
+        raise FusebenchError(f"{locate(int(np.flatnonzero(np.isnan(hours))[0]))}: Hours is empty;"
+                             " every row needs a time")
+    values = np.full((len(frame), len(config.channels)), np.nan)
+    for channel, name in enumerate(config.channels):
+        if name in categorical:
+            cells = frame[name]
+            codes = pd.Categorical(cells, categories=config.possible_values[name]).codes
+            unknown = (codes < 0) & cells.notna().to_numpy()
+            if unknown.any():
+                row = int(np.flatnonzero(unknown)[0])
+                raise FusebenchError(f"{locate(row)}: {name} value {cells.iloc[row]!r} is not one "
+                                     "of the values in discretizer_config.json")
+            values[:, channel] = np.where(codes < 0, np.nan, codes)
+        else:
+            values[:, channel] = frame[name].to_numpy(np.float64)
+    return Episodes(hours, stay, values, line)
+
+
+class _Locator:
+    """Maps a row of the joined text back to ``file line N``."""
+
+    def __init__(self, stay: np.ndarray, line: np.ndarray, paths: Sequence[Path]) -> None:
+        self.stay, self.line, self.paths = stay, line, paths
+
+    def __call__(self, row: int) -> str:
+        return f"{self.paths[int(self.stay[row])]} line {int(self.line[row])}"
+
+
+def _read_frame(text: bytes, columns: tuple[str, ...], dtypes: dict,
+                locate: _Locator) -> pd.DataFrame:
+    """Fast typed parse; on failure, a string parse that finds the offending cell."""
+    options = {"header": None, "names": list(columns), "keep_default_na": False,
+               "na_values": [""], "skip_blank_lines": False, "index_col": False}
+    if not text:
+        return pd.DataFrame({c: pd.Series(dtype=object if t is str else t)
+                             for c, t in dtypes.items()})
+    try:
+        return pd.read_csv(io.BytesIO(text), dtype=dtypes, **options)
+    except pd.errors.ParserError as error:
+        found = re.search(r"line (\d+)", str(error))
+        where = locate(int(found.group(1)) - 1) if found else "an episode file"
+        raise FusebenchError(f"{where}: malformed row ({_first_line(error)})") from error
+    except ValueError:
+        frame = pd.read_csv(io.BytesIO(text), dtype=str, **options)
+        for column, kind in dtypes.items():
+            if kind is str:
+                continue
+            parsed = pd.to_numeric(frame[column], errors="coerce")
+            bad = (parsed.isna() & frame[column].notna()).to_numpy()
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise FusebenchError(f"{locate(row)}: {column} value {frame[column].iloc[row]!r}"
+                                     " is not a number") from None
+        raise
+
+
+def _check_time_order(episodes: Episodes, paths: Sequence[Path]) -> None:
+    same_stay = episodes.stay[1:] == episodes.stay[:-1]
+    backwards = same_stay & (episodes.hours[1:] < episodes.hours[:-1] - 1e-6)
+    if backwards.any():
+        row = int(np.flatnonzero(backwards)[0]) + 1
+        raise FusebenchError(f"{paths[int(episodes.stay[row])]} line {int(episodes.line[row])}: "
+                             "Hours goes backwards; episode rows must be in time order")
