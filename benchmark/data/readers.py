@@ -254,7 +254,7 @@ def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]]
     for channel, name in enumerate(config.channels):
         if name in categorical:
             cells = frame[name]
-            codes = pd.Categorical(cells, categories=config.possible_values[name]).codes
+            codes = pd.Index(config.possible_values[name]).get_indexer(cells)
             unknown = (codes < 0) & cells.notna().to_numpy()
             if unknown.any():
                 row = int(np.flatnonzero(unknown)[0])
