@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -132,7 +131,13 @@ def prepare_cxr_command(raw: Path, out: Path, ehr_root: Path) -> None:
                f"already done; wrote {out / 'mimic-cxr-ehr-split.csv'}")
 
 
-if importlib.util.find_spec("benchmark.data.demo") is not None:
-    from benchmark.data.demo import demo_command
-
+def _add_demo_command() -> None:
+    """Attach `fusebench data demo` when the demo generator module provides it."""
+    try:
+        from benchmark.data.demo import demo_command
+    except ImportError:  # the generator is developed separately; `data` works without it
+        return
     data_group.add_command(demo_command)
+
+
+_add_demo_command()

@@ -244,6 +244,7 @@ def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]]
     text = b"".join(m[1] for m in members)
     locate = _Locator(stay, line, paths)
     categorical = [c for c in config.channels if config.is_categorical(c)]
+    # Categorical cells stay text: a "category" dtype would infer numbers ("15" -> 15).
     dtypes = {c: (str if c in categorical else np.float64) for c in columns}
     frame = _read_frame(text, columns, dtypes, locate)
     hours = frame["Hours"].to_numpy(np.float64)
@@ -254,8 +255,7 @@ def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]]
     for channel, name in enumerate(config.channels):
         if name in categorical:
             cells = frame[name]
-            codes = pd.Index(config.possible_values[name]).get_indexer(cells)
-            unknown = (codes < 0) & cells.notna().to_numpy()
+            codes, unknown = _category_codes(cells, config.possible_values[name])
             if unknown.any():
                 row = int(np.flatnonzero(unknown)[0])
                 raise FusebenchError(f"{locate(row)}: {name} value {cells.iloc[row]!r} is not one "
@@ -264,6 +264,12 @@ def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]]
         else:
             values[:, channel] = frame[name].to_numpy(np.float64)
     return Episodes(hours, stay, values, line)
+
+
+def _category_codes(cells: pd.Series, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each cell in ``values`` (-1 if empty) and a mask of non-empty unknown cells."""
+    codes = pd.Index(values).get_indexer(cells)
+    return codes, (codes < 0) & cells.notna().to_numpy()
 
 
 class _Locator:
@@ -282,8 +288,7 @@ def _read_frame(text: bytes, columns: tuple[str, ...], dtypes: dict,
     options = {"header": None, "names": list(columns), "keep_default_na": False,
                "na_values": [""], "skip_blank_lines": False, "index_col": False}
     if not text:
-        return pd.DataFrame({c: pd.Series(dtype=object if t is str else t)
-                             for c, t in dtypes.items()})
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
     try:
         return pd.read_csv(io.BytesIO(text), dtype=dtypes, **options)
     except pd.errors.ParserError as error:
