@@ -9,20 +9,32 @@ Errors caused by input print one line and exit with status 2; ``--debug`` shows 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from benchmark import __version__
+from benchmark.data import DataConfig, prepare
+from benchmark.data.cli import data_config_from_options, data_group, data_options
 from benchmark.errors import FusebenchError
+from benchmark.grid import run_grid
+from benchmark.leaderboard import leaderboard_path, merge_result, summary_rows
+from benchmark.metrics import format_ci, score_predictions
+from benchmark.presets import PRESETS, Preset, get_preset
+from benchmark.progress import RunProgress
 from benchmark.registry import PluginWarning, Registry, get_registry, set_extra_plugins
-from benchmark.specs import MethodSpec, ModelConfig, TaskSpec
+from benchmark.results import read_result
+from benchmark.runner import RunRequest, execute_run, read_predictions, run_dir
+from benchmark.specs import COHORTS, MethodSpec, ModelConfig, TaskSpec
 
 __all__ = ["cli", "main"]
 
@@ -143,6 +155,253 @@ def tasks_list(as_json: bool) -> None:
         table.add_row(row["name"], str(row["num_classes"]), window, row["default_cxr_window"],
                       row["description"])
     console.print(table)
+
+
+def _split_names(values: Sequence[str]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _data_config(options: dict[str, Any], preset: Preset) -> DataConfig:
+    """Data configuration from the data options; the preset sets the image size unless given."""
+    config = data_config_from_options(**options)
+    if options.get("image_size") is None:
+        config = dataclasses.replace(config, image_size=preset.image_size)
+    return config
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FusebenchError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return name
+
+
+def _out_folder(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".fusebench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise FusebenchError(f"--out {path}: not writable ({error.strerror}); choose another "
+                             "folder") from error
+    return path
+
+
+_run_options = [
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Training seed."),
+    click.option("--preset", type=click.Choice(sorted(PRESETS)), default="paper",
+                 show_default=True, help="Training preset (quick: small images, few epochs)."),
+    click.option("--epochs", type=click.IntRange(min=1), default=None,
+                 help="Override the maximum number of epochs."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="Override the batch size."),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Override the learning rate."),
+    click.option("--device", default=None, help="torch device (default: cuda if available)."),
+    click.option("--cxr-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 default=None, help="Local ImageNet ResNet34 weights (never downloaded)."),
+    click.option("--n-resamples", type=click.IntRange(min=10), default=1000, show_default=True,
+                 help="Bootstrap resamples for the test metrics."),
+    click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path("runs"), show_default=True, help="Folder of run folders."),
+]
+
+
+def run_options(function: Any) -> Any:
+    """The options shared by `run` and `leaderboard`."""
+    for option in reversed(_run_options):
+        function = option(function)
+    return data_options(function)
+
+
+def _request(task: str, method: str, options: dict[str, Any]) -> tuple[RunRequest, dict]:
+    request = RunRequest(
+        task=task, method=method, train_cohort=options.pop("train_cohort", None),
+        seed=options.pop("seed"), preset=options.pop("preset"),
+        overrides={"epochs": options.pop("epochs"), "batch_size": options.pop("batch_size"),
+                   "lr": options.pop("lr")},
+        device=_device(options.pop("device")), cxr_weights=options.pop("cxr_weights"),
+        n_resamples=options.pop("n_resamples"), out=_out_folder(options.pop("out")),
+    )
+    return request, options
+
+
+def _print_results(results: Sequence[dict[str, Any]]) -> None:
+    table = Table(title="test results")
+    for column in ("method", "train cohort", "test cohort", "n", "AUROC [95% CI]",
+                   "AUPRC [95% CI]"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(result["method"]["name"], result["train_cohort"],
+                      result["test_cohort"]["name"], str(result["test_cohort"]["n"]),
+                      format_ci(result["metrics"]["auroc"]["macro"]),
+                      format_ci(result["metrics"]["auprc"]["macro"]))
+    console.print(table)
+
+
+@cli.command()
+@click.option("--task", required=True, help="Task name (see `fusebench tasks list`).")
+@click.option("--method", required=True, help="Method name (see `fusebench plugins list`).")
+@click.option("--train-cohort", type=click.Choice(COHORTS), default=None,
+              help="Training cohort (default: the method's).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@run_options
+def run(task: str, method: str, resume: bool, **options: Any) -> None:
+    """Train one method on one task and score it on both test cohorts."""
+    registry = registry_for_cli()
+    registry.task(task)
+    registry.method(method)
+    request, data_opts = _request(task, method, options)
+    data = prepare(_data_config(data_opts, get_preset(request.preset)), registry.task(task))
+    with RunProgress() as progress:
+        results = execute_run(registry, request, data, resume=resume, progress=progress)
+    folder = run_dir(request, registry.method(method), data)
+    _print_results(results)
+    err_console.print(f"results and predictions in {folder}", highlight=False)
+
+
+@cli.command()
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--task", required=True, help="Task whose labels the file holds.")
+@click.option("--n-resamples", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Bootstrap seed.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Predictions of a reference method for paired differences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def score(predictions: Path, task: str, n_resamples: int, seed: int, reference: Path | None,
+          as_json: bool) -> None:
+    """Score a predictions file: AUROC and AUPRC with bootstrap CIs."""
+    spec = registry_for_cli().task(task)
+    stays, labels, probabilities = read_predictions(predictions, spec)
+    reference_prob = None
+    if reference is not None:
+        ref_stays, _, ref_probabilities = read_predictions(reference, spec)
+        if not np.array_equal(np.sort(ref_stays), np.sort(stays)):
+            raise FusebenchError(f"{reference}: holds other stays than {predictions}")
+        reference_prob = ref_probabilities[np.argsort(ref_stays)][np.argsort(np.argsort(stays))]
+    scores = score_predictions(labels, probabilities, spec.labels, n_resamples=n_resamples,
+                               seed=seed, label_groups=spec.label_groups or None,
+                               reference_prob=reference_prob)
+    if as_json:
+        click.echo(json.dumps({"file": str(predictions), "task": task, "n": len(stays),
+                               **scores}, indent=2))
+        return
+    table = Table(title=f"{predictions.name}: {len(stays)} stays")
+    for column in ("label", "AUROC [95% CI]", "AUPRC [95% CI]"):
+        table.add_column(column, overflow="fold")
+    table.add_row("macro", format_ci(scores["auroc"]["macro"]), format_ci(scores["auprc"]["macro"]))
+    if len(spec.labels) > 1:
+        for label in spec.labels:
+            table.add_row(label, format_ci(scores["auroc"]["per_label"][label]),
+                          format_ci(scores["auprc"]["per_label"][label]))
+    if "difference" in scores:
+        table.add_row("Δ vs reference", format_ci(scores["difference"]["auroc"]["macro"]),
+                      format_ci(scores["difference"]["auprc"]["macro"]))
+    console.print(table)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--methods", multiple=True, help="Methods (comma list; default: all registered).")
+@click.option("--tasks", "task_names", multiple=True, help="Tasks (comma list; default: all).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of seeds (0..N-1).")
+@click.option("--leaderboard-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True,
+              help="Where leaderboards/<dataset>/<task>.json is written.")
+@click.option("--throughput", "with_throughput", is_flag=True,
+              help="Measure and attach each method's throughput.")
+@run_options
+@click.pass_context
+def leaderboard(ctx: click.Context, methods: Sequence[str], task_names: Sequence[str],
+                seeds: int, leaderboard_dir: Path, with_throughput: bool,
+                **options: Any) -> None:
+    """Run the standard leaderboard grid (or a subcommand such as `merge`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    registry = registry_for_cli()
+    method_names = _split_names(methods) or sorted(registry.methods)
+    tasks_ = _split_names(task_names) or sorted(registry.tasks)
+    request, data_opts = _request(tasks_[0], method_names[0], options)
+    config = _data_config(data_opts, get_preset(request.preset))
+    throughput = None
+    if with_throughput:
+        from benchmark.throughput import leaderboard_record
+
+        def throughput(method: str, task: str) -> dict:
+            return leaderboard_record(registry.method(method), registry.task(task),
+                                      device=request.device, image_size=config.image_size)
+
+    boards = run_grid(
+        registry, methods=method_names, tasks=tasks_, seeds=range(seeds), request=request,
+        prepare_task=lambda task: prepare(config, registry.task(task)),
+        root=_out_folder(leaderboard_dir), throughput=throughput, console=err_console,
+    )
+    for task, board in boards.items():
+        for cohort in COHORTS:
+            _print_board(board, cohort)
+        err_console.print(
+            f"{task}: {leaderboard_path(leaderboard_dir, board['dataset']['name'], task)}",
+            highlight=False)
+
+
+def _print_board(board: dict[str, Any], cohort: str) -> None:
+    table = Table(title=f"{board['task']} - test cohort {cohort} ({board['dataset']['name']})")
+    for column in ("rank", "method", "train cohort", "AUROC [95% CI]", "AUPRC [95% CI]",
+                   f"ΔAUROC vs {board['reference_method']}"):
+        table.add_column(column)
+    for row in summary_rows(board, cohort):
+        difference = row["difference"]
+        table.add_row(str(row["rank"]), row["method"], row["train_cohort"],
+                      format_ci(row["auroc"]), format_ci(row["auprc"]),
+                      "-" if difference is None else format_ci(difference))
+    console.print(table)
+
+
+@leaderboard.command("merge")
+@click.argument("result_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--leaderboard-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Leaderboard JSON (default: leaderboards/<dataset>/<task>.json).")
+@click.option("--force", is_flag=True, help="Replace an existing entry with the same key.")
+def leaderboard_merge(result_file: Path, leaderboard_file: Path | None, force: bool) -> None:
+    """Add a submitted result file to a leaderboard after validation."""
+    result = read_result(result_file)
+    path = leaderboard_file or leaderboard_path(Path("."), result["dataset"]["name"],
+                                                result["task"])
+    board = merge_result(path, result_file, force=force)
+    err_console.print(f"merged {result['method']['name']} into {path} "
+                      f"({len(board['entries'])} entries)", highlight=False)
+
+
+@cli.group()
+def results() -> None:
+    """Validate result files."""
+
+
+@results.command("validate")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def results_validate(files: Sequence[Path]) -> None:
+    """Check result files against the schema; non-zero exit if any is invalid."""
+    bad = 0
+    for path in files:
+        try:
+            read_result(path)
+        except FusebenchError as error:
+            bad += 1
+            err_console.print(f"[red]invalid:[/] {error}", highlight=False)
+        else:
+            console.print(f"[green]valid:[/] {path}", highlight=False)
+    if bad:
+        raise FusebenchError(f"{bad} of {len(files)} result files are invalid")
+
+
+cli.add_command(data_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
