@@ -31,9 +31,11 @@ What each modality shows:
   borderline band, an explicit 0.0 for some clear negatives, empty otherwise).
 
 Labels: in-hospital mortality is a logistic function of an EHR-visible part (hemodynamic state
-after deterioration, neuro) and a CXR-visible part (lung infiltrates, fluid) of equal weight, so
-either modality alone gives an AUROC of about 0.75 and both together about 0.85 (the intercept is
-solved so that 12.5% of IHM stays die). Each of the 25 phenotypes is a logistic function of a
+after deterioration, neuro) and a CXR-visible part (lung infiltrates, fluid) of equal weight
+(2.3 per standard deviation; the intercept is solved so that 12.5% of IHM stays die). On the small
+size's paired test cohort (about 95 stays), logistic regressions on per-stay EHR summaries or on
+12x12 downsampled pixels reach AUROCs of about 0.65-0.85 alone and 0.83-0.96 together (seeds 0-3);
+with ~15 positives per test cohort, single-seed values vary by several points. Each of the 25 phenotypes is a logistic function of a
 few factors (e.g. shock and diabetes mostly EHR, congestive heart failure and pneumonia mostly
 CXR, renal failure mixed), with intercepts solved for realistic prevalences (5-40%).
 
@@ -337,7 +339,7 @@ def _draw_labels(stays: pd.DataFrame, rng: np.random.Generator) -> None:
 
 @dataclass
 class _Events:
-    """Charting events of a chunk: stay index (within the chunk), minute after intime, type."""
+    """Charting events of one schedule: stay index (within the chunk), minute after intime."""
 
     stay: np.ndarray
     minute: np.ndarray
