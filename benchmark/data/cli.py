@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.data.cohorts import prepare
+from benchmark.data.demo import MANIFEST, demo_command, ensure_demo
 from benchmark.data.layout import SPLITS, DataConfig
 from benchmark.data.prepare_cxr import prepare_cxr
 from benchmark.errors import FusebenchError
@@ -55,14 +56,14 @@ def data_config_from_options(data_root: Path | None = None, ehr_root: Path | Non
             raise FusebenchError("--data-root cannot be combined with --ehr-root/--cxr-root")
         ehr_root, cxr_root = Path(data_root) / "ehr", Path(data_root) / "cxr"
     elif ehr_root is None and cxr_root is None:
-        from benchmark.data.demo import ensure_demo
-
         root = ensure_demo()
         print(f"using the synthetic demo dataset (not MIMIC) at {root}; pass --data-root for "
               "real data", file=sys.stderr)
         ehr_root, cxr_root, is_demo = root / "ehr", root / "cxr", True
     elif ehr_root is None or cxr_root is None:
         raise FusebenchError("give both --ehr-root and --cxr-root (or one --data-root)")
+    # A generated demo tree is recognised wherever it lives, so its results are labelled demo.
+    is_demo = is_demo or (Path(ehr_root).parent / MANIFEST).exists()
     return DataConfig(ehr_root=Path(ehr_root), cxr_root=Path(cxr_root),
                       image_size=224 if image_size is None else image_size,
                       normalizer=normalizer, cxr_window=cxr_window, cache_dir=cache_dir,
@@ -131,13 +132,4 @@ def prepare_cxr_command(raw: Path, out: Path, ehr_root: Path) -> None:
                f"already done; wrote {out / 'mimic-cxr-ehr-split.csv'}")
 
 
-def _add_demo_command() -> None:
-    """Attach `fusebench data demo` when the demo generator module provides it."""
-    try:
-        from benchmark.data.demo import demo_command
-    except ImportError:  # the generator is developed separately; `data` works without it
-        return
-    data_group.add_command(demo_command)
-
-
-_add_demo_command()
+data_group.add_command(demo_command)

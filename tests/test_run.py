@@ -1,0 +1,121 @@
+"""End to end on the tiny demo data: run, resume after SIGKILL, determinism, score, leaderboard grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from benchmark.cli import cli
+from benchmark.leaderboard import load_leaderboard
+
+PLUGIN = "tests.fixtures.faulty_methods"
+ROOT = Path(__file__).resolve().parents[1]
+IHM = "in-hospital-mortality"
+
+
+def fusebench(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a child process (so it can be killed)."""
+    command = [sys.executable, "-m", "benchmark.cli", "--plugin", PLUGIN, *args]
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **(env or {})})
+    if check and process.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{process.stderr[-3000:]}")
+    return process
+
+
+def run_args(data: Path, out: Path, method: str = "kill-ehr", *extra: str) -> list[str]:
+    return ["run", "--task", IHM, "--method", method, "--data-root", str(data), "--out", str(out),
+            "--preset", "quick", "--n-resamples", "50", *extra]
+
+
+def run_folder(out: Path, method: str = "kill-ehr", cohort: str = "partial") -> Path:
+    return out / "demo" / IHM / method / cohort / "seed0"
+
+
+def test_run_writes_valid_results_for_both_test_cohorts(demo_tiny_root, tmp_path):
+    result = CliRunner().invoke(cli, ["--plugin", PLUGIN, *run_args(demo_tiny_root, tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = run_folder(tmp_path)
+    for cohort in ("paired", "partial"):
+        record = json.loads((folder / f"result-{cohort}.json").read_text())
+        predictions = pd.read_csv(folder / f"predictions-{cohort}.csv")
+        assert record["test_cohort"]["n"] == len(predictions) == predictions["stay_id"].nunique()
+        assert record["train_cohort"] == "partial" and record["cxr_window"] == "48h"
+        assert 0 <= record["metrics"]["auroc"]["macro"]["value"] <= 1
+    paired = pd.read_csv(folder / "predictions-paired.csv")
+    partial = pd.read_csv(folder / "predictions-partial.csv")
+    assert set(paired["stay_id"]) < set(partial["stay_id"])  # paired test stays are a subset
+    check = CliRunner().invoke(cli, ["results", "validate", str(folder / "result-paired.json")])
+    assert check.exit_code == 0, check.output
+
+
+def test_sigkill_during_an_epoch_then_resume_matches_an_uninterrupted_run(demo_tiny_root, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    fusebench(*run_args(demo_tiny_root, clean))
+    dying = fusebench(*run_args(demo_tiny_root, killed), env={"FUSEBENCH_TEST_KILL_AT_BATCH": "5"},
+                      check=False)
+    assert dying.returncode == -9
+    folder = run_folder(killed)
+    assert (folder / "checkpoint.pt").exists() and not (folder / "result-paired.json").exists()
+    fusebench(*run_args(demo_tiny_root, killed, "kill-ehr", "--resume"))
+    for cohort in ("paired", "partial"):
+        name = f"predictions-{cohort}.csv"
+        pd.testing.assert_frame_equal(pd.read_csv(run_folder(clean) / name),
+                                      pd.read_csv(folder / name))
+
+
+def test_same_seed_gives_identical_predictions(demo_tiny_root, tmp_path):
+    for out in ("a", "b"):
+        fusebench(*run_args(demo_tiny_root, tmp_path / out, "kill-ehr", "--epochs", "1"))
+    name = "predictions-partial.csv"
+    assert (run_folder(tmp_path / "a") / name).read_bytes() == (run_folder(tmp_path / "b") / name).read_bytes()
+
+
+def test_score_command_matches_the_result_file(demo_tiny_root, tmp_path):
+    fusebench(*run_args(demo_tiny_root, tmp_path, "kill-ehr", "--epochs", "1"))
+    folder = run_folder(tmp_path)
+    scored = CliRunner().invoke(cli, ["score", str(folder / "predictions-paired.csv"), "--task", IHM,
+                                      "--n-resamples", "50", "--json"])
+    assert scored.exit_code == 0, scored.output
+    recorded = json.loads((folder / "result-paired.json").read_text())["metrics"]["auroc"]["macro"]
+    assert json.loads(scored.stdout)["auroc"]["macro"] == recorded
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--task", IHM, "--method", "medfus"], "did you mean medfuse"),
+    (["run", "--task", "mortality", "--method", "uni-ehr"], "unknown task"),
+    (["run", "--task", IHM, "--method", "uni-ehr", "--epochs", "0"], "--epochs"),
+    (["run", "--task", IHM, "--method", "uni-ehr", "--data-root", "/nonexistent/x"], "/nonexistent/x"),
+    (["run", "--task", IHM, "--method", "early", "--train-cohort", "partial"], "trains on paired"),
+])
+def test_bad_input_is_one_line_without_traceback(args, message):
+    process = fusebench(*args, check=False)
+    assert process.returncode != 0
+    assert message in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_leaderboard_grid_records_failures_goes_on_and_resumes(demo_tiny_root, tmp_path):
+    args = ["leaderboard", "--methods", "kill-ehr,nan-ehr,raise-ehr", "--tasks", IHM,
+            "--data-root", str(demo_tiny_root), "--out", str(tmp_path / "runs"),
+            "--leaderboard-dir", str(tmp_path), "--preset", "quick", "--epochs", "1",
+            "--n-resamples", "50"]
+    first = fusebench(*args)
+    board = load_leaderboard(tmp_path / "leaderboards" / "demo" / f"{IHM}.json")
+    entries = {(e["method"], e["train_cohort"], e["test_cohort"]) for e in board["entries"]}
+    assert entries == {("kill-ehr", c, t) for c in ("partial", "paired") for t in ("paired", "partial")}
+    failed = {(f["method"], f["train_cohort"]): f["error"] for f in board["failed"]}
+    assert "NaN" in failed[("nan-ehr", "partial")]
+    assert "broken on purpose" in failed[("raise-ehr", "paired")]
+    assert "failed:" in first.stderr
+    markdown = (tmp_path / "leaderboards" / "demo" / f"{IHM}.md").read_text()
+    assert "## Failed runs" in markdown and "kill-ehr" in markdown
+    again = fusebench(*args)
+    assert again.stderr.count("done already") == 2  # kill-ehr on both cohorts; failures retried
