@@ -245,8 +245,8 @@ def scaffold_plugin(name: str, directory: Path) -> Path:
     files = _files(name)
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise FusebenchError(f"--dir {directory}: already exists and is not an empty folder; "
-                             "choose a new folder")
+        raise FusebenchError(f"{directory}: already exists and is not an empty folder; "
+                             "choose a new folder with --dir")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
@@ -296,14 +296,12 @@ def plugins_check_command(name: str, task_names: Sequence[str]) -> None:
     registry = _registry()
     method = registry.method(name)
     tasks = [t.strip() for value in task_names for t in value.split(",") if t.strip()] or None
-    for task in tasks or ():
-        registry.task(task)
     results = check_method(method, registry, tasks=tasks)
     title = f"conformance of {name} from {method.distribution} {method.version}".strip()
     Console().print(_results_table(title, results))
     failed = [result for result in results if not result.passed]
     if failed:
-        names = ", ".join(dict.fromkeys(f"{r.name} ({r.task})" for r in failed))
+        names = ", ".join(f"{r.name} ({r.task})" for r in failed)
         raise FusebenchError(f"{name}: {len(failed)} of {len(results)} conformance checks "
                              f"failed: {names}; see the reasons in the table above")
     Console(stderr=True).print(f"[green]{name}: all {len(results)} conformance checks passed[/]",
