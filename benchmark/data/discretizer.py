@@ -9,8 +9,8 @@ Rules (MedFuse / mimic3-benchmarks, timestep 1 h, start time zero, "previous" im
   first observation; masks (1 = observed in that bin) close the 76 features;
 - categorical channels are one-hot in ``possible_values`` order.
 
-No Python loop runs over events: per channel, a sort-free "last in bin" selection and a segmented
-forward fill (``np.maximum.accumulate``) do the work.
+No Python loop runs over events or bins: one running maximum of "last row with a value" per
+channel (``np.maximum.accumulate``) gives both the last value of each bin and the forward fill.
 """
 
 from __future__ import annotations
@@ -138,54 +138,66 @@ def discretize(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hour
     counts = bin_counts(end_hours, config.timestep)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(starts[-1])
-    n_channels = len(config.channels)
 
     bins = np.trunc(hours / config.timestep - EPS).astype(np.int64)
     before_admission = bins < 0
     keep = ~before_admission & (hours <= np.asarray(end_hours)[stay] + EPS)
     global_bin = starts[stay[keep]] + bins[keep]
-    kept_values = values[keep]
+    # Channel-major (17, K) rows: contiguous per channel when ``values`` is Fortran-ordered.
+    channel_values = values.T[:, keep] if not keep.all() else values.T
     if global_bin.size and np.any(global_bin[1:] < global_bin[:-1]):
         # Rows out of time order: a stable sort keeps file order inside each bin (last wins).
         order = np.argsort(global_bin, kind="stable")
-        global_bin, kept_values = global_bin[order], kept_values[order]
+        global_bin, channel_values = global_bin[order], channel_values[:, order]
 
-    observed = np.zeros((total, n_channels), dtype=bool)
-    value = np.zeros((total, n_channels), dtype=np.float64)
-    for channel in range(n_channels):
-        present = ~np.isnan(kept_values[:, channel])
-        where = global_bin[present]
-        last_in_bin = np.append(where[1:] != where[:-1], True) if where.size else where.astype(bool)
-        observed[where[last_in_bin], channel] = True
-        value[where[last_in_bin], channel] = kept_values[present, channel][last_in_bin]
-
-    filled = _forward_fill(observed, value, starts, counts, config.normal_codes())
+    # rows_upto[b]: rows in bins <= b (so the last such row is rows_upto[b] - 1).
+    rows_in_bin = np.bincount(global_bin, minlength=total)[:total]
+    rows_upto = np.cumsum(rows_in_bin)
+    last_row = _last_observed_row(channel_values)[:, rows_upto]
+    observed = last_row > (rows_upto - rows_in_bin)
+    stay_first_bin = np.repeat(starts[:-1], counts)
+    seen_in_stay = last_row > (rows_upto - rows_in_bin)[stay_first_bin]
+    carried = _take_rows(channel_values, last_row)
+    filled = np.where(seen_in_stay, carried, config.normal_codes()[:, None])
     return _encode(filled, observed, config), before_admission
 
 
-def _forward_fill(observed: np.ndarray, value: np.ndarray, starts: np.ndarray,
-                  counts: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """'previous' imputation inside each stay; the normal value before the first observation."""
-    total, n_channels = observed.shape
-    last_seen = np.where(observed, np.arange(total)[:, None], -1)
-    np.maximum.accumulate(last_seen, axis=0, out=last_seen)
-    stay_start = np.repeat(starts[:-1], counts)[:, None]
-    seen_in_stay = last_seen >= stay_start
-    carried = value[np.maximum(last_seen, 0), np.arange(n_channels)[None, :]]
-    return np.where(seen_in_stay, carried, normal[None, :])
+def _last_observed_row(channel_values: np.ndarray) -> np.ndarray:
+    """(C, K + 1): per channel, 1 + the last row <= k with a value (0 = none); column 0 is 0.
+
+    One running maximum over all rows replaces both "last value in a bin" and the forward fill:
+    the value a bin holds is the last observed value at or before its last row.
+    """
+    n_channels, n_rows = channel_values.shape
+    index_type = np.int32 if n_rows < np.iinfo(np.int32).max else np.int64
+    last = np.zeros((n_channels, n_rows + 1), dtype=index_type)
+    # (has value) * (1 + row): a product is several times faster than a masked copy here.
+    np.multiply(~np.isnan(channel_values), np.arange(1, n_rows + 1, dtype=index_type),
+                out=last[:, 1:])
+    return np.maximum.accumulate(last, axis=1, out=last)
+
+
+def _take_rows(channel_values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``channel_values[c, rows[c] - 1]`` per channel, NaN where ``rows`` is 0 (no row)."""
+    n_channels, n_rows = channel_values.shape
+    padded = np.empty((n_channels, n_rows + 1))
+    padded[:, 0] = np.nan
+    padded[:, 1:] = channel_values
+    flat = rows + (np.arange(n_channels) * (n_rows + 1))[:, None]
+    return padded.ravel().take(flat)
 
 
 def _encode(filled: np.ndarray, observed: np.ndarray, config: DiscretizerConfig) -> np.ndarray:
-    """One-hot categorical channels, copy continuous ones, append masks."""
-    total = filled.shape[0]
+    """One-hot categorical channels, copy continuous ones, append masks (channel-major inputs)."""
+    total = filled.shape[1]
     features = np.zeros((total, config.width), dtype=np.float64)
     rows = np.arange(total)
     for channel, (name, begin) in enumerate(zip(config.channels, config.begin, strict=True)):
         if config.is_categorical(name):
-            features[rows, begin + filled[:, channel].astype(np.int64)] = 1.0
+            features[rows, begin + filled[channel].astype(np.int64)] = 1.0
         else:
-            features[:, begin] = filled[:, channel]
-    features[:, config.mask_start:] = observed
+            features[:, begin] = filled[channel]
+    features[:, config.mask_start:] = observed.T.astype(np.float64)  # faster than bool -> float
     return features
 
 

@@ -6,10 +6,14 @@ Line numbers are 1-based file lines (the header is line 1), as an editor shows t
 from __future__ import annotations
 
 import io
+import os
 import re
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -190,35 +194,69 @@ def read_episodes(paths: Sequence[Path], origins: Sequence[str],
                   config: DiscretizerConfig) -> Episodes:
     """Read episode CSVs into one event table, parsing all files of a header at once.
 
+    Many files are read in ``_THREADS`` consecutive pieces at once: file reads and pandas' C
+    parser release the GIL, so the pieces overlap. Errors are raised for the first bad piece.
+
     Args:
         paths: episode files.
         origins: per file, where it was listed (``"train_listfile.csv line 7"``), for errors.
         config: the discretizer configuration (channel names and categories).
+
+    Example:
+        >>> events = read_episodes([path], ["train_listfile.csv line 2"], config)  # doctest: +SKIP
+        >>> events.values.shape  # (rows, 17), categories as indices, NaN = empty  # doctest: +SKIP
     """
-    groups: dict[tuple[str, ...], list[tuple[int, bytes, int]]] = {}
-    for index, (path, origin) in enumerate(zip(paths, origins, strict=True)):
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError as error:
-            raise FusebenchError(f"{origin}: episode file {path} is missing; re-run the EHR "
-                                 "extraction or remove the row") from error
-        header, _, body = raw.partition(b"\n")
-        columns = _check_header(header, path, config)
-        body = body.rstrip(b"\r\n")
-        rows = body.count(b"\n") + 1 if body else 0
-        groups.setdefault(columns, []).append((index, body + b"\n" if rows else b"", rows))
-    parts = [_parse_group(columns, members, paths, config) for columns, members in groups.items()]
+    threads = max(1, min(_THREADS, len(paths) // _MIN_FILES_PER_THREAD))
+    bounds = np.linspace(0, len(paths), threads + 1).astype(int).tolist()
+    pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            parsed = list(pool.map(lambda b: _read_piece(paths, origins, *b, config), pieces))
+    else:
+        parsed = [_read_piece(paths, origins, *b, config) for b in pieces]
+    parts = [part for piece in parsed for part in piece]
     if not parts:
         empty = np.zeros(0, np.int64)
         return Episodes(np.zeros(0), empty, np.zeros((0, len(config.channels))), empty)
-    episodes = Episodes(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                          ("hours", "stay", "values", "line")))
-    if len(parts) > 1:
-        order = np.argsort(episodes.stay, kind="stable")
-        episodes = Episodes(episodes.hours[order], episodes.stay[order], episodes.values[order],
-                            episodes.line[order])
+    episodes = parts[0] if len(parts) == 1 else _concatenate(parts)
     _check_time_order(episodes, paths)
     return episodes
+
+
+_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+_MIN_FILES_PER_THREAD = 64
+
+
+def _read_piece(paths: Sequence[Path], origins: Sequence[str], start: int, stop: int,
+                config: DiscretizerConfig) -> list[Episodes]:
+    """Files ``start:stop``: read, check headers, parse each header's files in one go."""
+    groups: dict[tuple[str, ...], list[tuple[int, bytes, int]]] = {}
+    for index in range(start, stop):
+        try:
+            raw = paths[index].read_bytes()
+        except FileNotFoundError as error:
+            raise FusebenchError(f"{origins[index]}: episode file {paths[index]} is missing; "
+                                 "re-run the EHR extraction or remove the row") from error
+        header, _, body = raw.partition(b"\n")
+        columns = _check_header(header, paths[index], config)
+        body = body.rstrip(b"\r\n")
+        rows = body.count(b"\n") + 1 if body else 0
+        groups.setdefault(columns, []).append((index, body + b"\n" if rows else b"", rows))
+    return [_parse_group(columns, members, paths, config) for columns, members in groups.items()]
+
+
+def _concatenate(parts: list[Episodes]) -> Episodes:
+    """Join parsed pieces; stays back in listed order when several headers were grouped."""
+    stay = np.concatenate([p.stay for p in parts])
+    # Values are Fortran-ordered: joining their (17, rows) transposes keeps that layout.
+    values = np.concatenate([p.values.T for p in parts], axis=1).T
+    hours = np.concatenate([p.hours for p in parts])
+    line = np.concatenate([p.line for p in parts])
+    if np.any(stay[1:] < stay[:-1]):
+        order = np.argsort(stay, kind="stable")
+        return Episodes(hours[order], stay[order], values.T[:, order].T, line[order])
+    return Episodes(hours, stay, values, line)
 
 
 def _check_header(header: bytes, path: Path, config: DiscretizerConfig) -> tuple[str, ...]:
@@ -243,33 +281,23 @@ def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]]
     line = np.arange(int(counts.sum()), dtype=np.int64) - first_row + 2
     text = b"".join(m[1] for m in members)
     locate = _Locator(stay, line, paths)
-    categorical = [c for c in config.channels if config.is_categorical(c)]
-    # Categorical cells stay text: a "category" dtype would infer numbers ("15" -> 15).
-    dtypes = {c: (str if c in categorical else np.float64) for c in columns}
-    frame = _read_frame(text, columns, dtypes, locate)
+    frame = _read_frame(text, columns, config, locate)
     hours = frame["Hours"].to_numpy(np.float64)
     if np.isnan(hours).any():
         raise FusebenchError(f"{locate(int(np.flatnonzero(np.isnan(hours))[0]))}: Hours is empty;"
                              " every row needs a time")
-    values = np.full((len(frame), len(config.channels)), np.nan)
+    # Fortran order: each channel's column is contiguous, as the discretizer reads it.
+    values = np.empty((len(frame), len(config.channels)), order="F")
     for channel, name in enumerate(config.channels):
-        if name in categorical:
-            cells = frame[name]
-            codes, unknown = _category_codes(cells, config.possible_values[name])
-            if unknown.any():
-                row = int(np.flatnonzero(unknown)[0])
-                raise FusebenchError(f"{locate(row)}: {name} value {cells.iloc[row]!r} is not one "
-                                     "of the values in discretizer_config.json")
-            values[:, channel] = np.where(codes < 0, np.nan, codes)
+        if config.is_categorical(name):
+            codes = frame[name].cat.codes.to_numpy()
+            if (codes < 0).any():
+                _raise_bad_cell(text, columns, config, locate)
+            empty = len(config.possible_values[name])
+            values[:, channel] = np.where(codes == empty, np.nan, codes)
         else:
             values[:, channel] = frame[name].to_numpy(np.float64)
     return Episodes(hours, stay, values, line)
-
-
-def _category_codes(cells: pd.Series, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each cell in ``values`` (-1 if empty) and a mask of non-empty unknown cells."""
-    codes = pd.Index(values).get_indexer(cells)
-    return codes, (codes < 0) & cells.notna().to_numpy()
 
 
 class _Locator:
@@ -282,31 +310,59 @@ class _Locator:
         return f"{self.paths[int(self.stay[row])]} line {int(self.line[row])}"
 
 
-def _read_frame(text: bytes, columns: tuple[str, ...], dtypes: dict,
+_OPTIONS = {"header": None, "keep_default_na": False, "skip_blank_lines": False,
+            "index_col": False}
+
+
+def _read_frame(text: bytes, columns: tuple[str, ...], config: DiscretizerConfig,
                 locate: _Locator) -> pd.DataFrame:
-    """Fast typed parse; on failure, a string parse that finds the offending cell."""
-    options = {"header": None, "names": list(columns), "keep_default_na": False,
-               "na_values": [""], "skip_blank_lines": False, "index_col": False}
+    """Typed parse: floats, and categorical channels as codes of their configured values.
+
+    A categorical column keeps its empty cells as an extra last category "" (no NA parsing
+    there), so code -1 can only mean a value missing from the configuration: no Python string
+    is made per cell, and unknown values are still caught.
+    """
+    categorical = {c: config.possible_values[c] for c in columns
+                   if c != "Hours" and config.is_categorical(c)}
+    dtypes = {c: pd.CategoricalDtype([*categorical[c], ""]) if c in categorical else np.float64
+              for c in columns}
     if not text:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
+    empty_is_nan = {c: [""] for c in columns if c not in categorical}
     try:
-        return pd.read_csv(io.BytesIO(text), dtype=dtypes, **options)
+        with warnings.catch_warnings():
+            # An unknown value's code -1 is reported by _parse_group with file and line; pandas'
+            # deprecation warning about it would only precede that error.
+            warnings.filterwarnings("ignore", message="Constructing a Categorical with a dtype")
+            return pd.read_csv(io.BytesIO(text), names=list(columns), dtype=dtypes,
+                               na_values=empty_is_nan, **_OPTIONS)
     except pd.errors.ParserError as error:
         found = re.search(r"line (\d+)", str(error))
         where = locate(int(found.group(1)) - 1) if found else "an episode file"
         raise FusebenchError(f"{where}: malformed row ({_first_line(error)})") from error
-    except ValueError:
-        frame = pd.read_csv(io.BytesIO(text), dtype=str, **options)
-        for column, kind in dtypes.items():
-            if kind is str:
-                continue
-            parsed = pd.to_numeric(frame[column], errors="coerce")
-            bad = (parsed.isna() & frame[column].notna()).to_numpy()
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise FusebenchError(f"{locate(row)}: {column} value {frame[column].iloc[row]!r}"
-                                     " is not a number") from None
-        raise
+    except (ValueError, TypeError):
+        _raise_bad_cell(text, columns, config, locate)
+
+
+def _raise_bad_cell(text: bytes, columns: tuple[str, ...], config: DiscretizerConfig,
+                    locate: _Locator) -> NoReturn:
+    """Find the first bad cell with a (slow) string parse and raise an error naming it."""
+    frame = pd.read_csv(io.BytesIO(text), names=list(columns), dtype=str, **_OPTIONS)
+    for column in columns:
+        cells = frame[column]
+        filled = (cells != "").to_numpy()
+        if column != "Hours" and config.is_categorical(column):
+            bad = filled & ~cells.isin(config.possible_values[column]).to_numpy()
+            expected = "one of the values in discretizer_config.json"
+        else:
+            bad = filled & pd.to_numeric(cells.where(filled), errors="coerce").isna().to_numpy()
+            expected = "a number"
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise FusebenchError(f"{locate(row)}: {column} value {cells.iloc[row]!r} is not "
+                                 f"{expected}")
+    raise FusebenchError(f"{locate(0)}: unreadable episode rows; expected numbers and the "
+                         "categorical values of discretizer_config.json")
 
 
 def _check_time_order(episodes: Episodes, paths: Sequence[Path]) -> None:
