@@ -24,9 +24,12 @@ import numpy as np
 
 __all__ = [
     "EPS",
+    "Binned",
     "DiscretizerConfig",
     "bin_counts",
+    "bin_events",
     "discretize",
+    "encode",
     "load_discretizer_config",
     "load_medfuse_normalizer",
     "normalize",
@@ -70,6 +73,12 @@ class DiscretizerConfig:
     def width(self) -> int:
         """Features per bin (76)."""
         return self.mask_start + len(self.channels)
+
+    @property
+    def continuous_channels(self) -> np.ndarray:
+        """Channels the normalizer z-scores, in channel order (12 for MedFuse)."""
+        return np.array([i for i, c in enumerate(self.channels) if not self.is_categorical(c)],
+                        dtype=np.int64)
 
     @property
     def continuous_columns(self) -> np.ndarray:
@@ -135,6 +144,29 @@ def discretize(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hour
         >>> x.shape, float(x[1, 50]), float(x[1, 59 + 8])
         ((2, 76), 80.0, 0.0)
     """
+    binned = bin_events(hours, stay, values, end_hours, config)
+    return encode(binned.filled, binned.observed, config), binned.before_admission
+
+
+@dataclass(frozen=True)
+class Binned:
+    """Events of several stays in hourly bins, channel-major, before one-hot encoding.
+
+    Attributes:
+        filled: (17, total_bins) float64 value per channel and bin after "previous" imputation
+            (the category index for categorical channels).
+        observed: (17, total_bins) bool, True where the bin holds a row with that channel.
+        before_admission: (R,) bool, rows dropped because their bin would be negative.
+    """
+
+    filled: np.ndarray
+    observed: np.ndarray
+    before_admission: np.ndarray
+
+
+def bin_events(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hours: np.ndarray,
+               config: DiscretizerConfig) -> Binned:
+    """The binning and imputation half of :func:`discretize` (same arguments), not yet encoded."""
     counts = bin_counts(end_hours, config.timestep)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(starts[-1])
@@ -159,7 +191,7 @@ def discretize(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hour
     seen_in_stay = last_row > (rows_upto - rows_in_bin)[stay_first_bin]
     carried = _take_rows(channel_values, last_row)
     filled = np.where(seen_in_stay, carried, config.normal_codes()[:, None])
-    return _encode(filled, observed, config), before_admission
+    return Binned(filled, observed, before_admission)
 
 
 def _last_observed_row(channel_values: np.ndarray) -> np.ndarray:
@@ -187,17 +219,25 @@ def _take_rows(channel_values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return padded.ravel().take(flat)
 
 
-def _encode(filled: np.ndarray, observed: np.ndarray, config: DiscretizerConfig) -> np.ndarray:
-    """One-hot categorical channels, copy continuous ones, append masks (channel-major inputs)."""
+def encode(filled: np.ndarray, observed: np.ndarray, config: DiscretizerConfig,
+           dtype: type = np.float64) -> np.ndarray:
+    """(total_bins, 76): one-hot categorical channels, continuous values, then the masks.
+
+    Args:
+        filled: (17, total_bins) values per channel (category index for categorical ones).
+        observed: (17, total_bins) masks.
+        config: the discretizer configuration.
+        dtype: of the result; one-hots and masks are exact in any float type.
+    """
     total = filled.shape[1]
-    features = np.zeros((total, config.width), dtype=np.float64)
+    features = np.zeros((total, config.width), dtype=dtype)
     rows = np.arange(total)
     for channel, (name, begin) in enumerate(zip(config.channels, config.begin, strict=True)):
         if config.is_categorical(name):
-            features[rows, begin + filled[channel].astype(np.int64)] = 1.0
+            features[rows, begin + filled[channel].astype(np.int64)] = 1
         else:
             features[:, begin] = filled[channel]
-    features[:, config.mask_start:] = observed.T.astype(np.float64)  # faster than bool -> float
+    features[:, config.mask_start:] = observed.T.astype(dtype)  # faster than bool -> float
     return features
 
 

@@ -1,9 +1,9 @@
 """Discretize + normalize every stay of a task into one float32 array with int64 offsets.
 
-Stays are processed in chunks (bounded memory at MIMIC scale), two at a time on threads; the
-unnormalized continuous columns are kept in float64 on disk until the training statistics are
-known, so normalisation happens in float64 exactly as the original, and only the result is stored
-as float32.
+Stays are processed in chunks, two at a time on threads, and streamed to disk (bounded memory at
+MIMIC scale); the unnormalized continuous columns are kept in float64 on disk until the training
+statistics are known, so normalisation happens in float64 exactly as the original, and only the
+result is stored as float32.
 """
 
 from __future__ import annotations
@@ -11,23 +11,27 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
 from benchmark.data.discretizer import (
+    DiscretizerConfig,
     bin_counts,
-    discretize,
+    bin_events,
+    encode,
     load_discretizer_config,
     load_medfuse_normalizer,
     normalizer_statistics,
 )
 from benchmark.data.readers import read_episodes
 
-__all__ = ["build_ehr_arrays", "stay_end_hours"]
+__all__ = ["EhrChunk", "build_ehr_arrays", "discretized_chunks", "stay_end_hours"]
 
 _CHUNK_STAYS = 1000
+_NORMALIZE_ROWS = 1 << 18
 _WORKERS = 2  # chunks discretized at once (the target machines have 2 cores)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,39 +66,105 @@ def build_ehr_arrays(folder: Path, episode_paths: Sequence[Path], origins: Seque
     counts = bin_counts(end_hours, config.timestep)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     columns = config.continuous_columns
-    features = np.lib.format.open_memmap(folder / "ehr.npy", mode="w+", dtype=np.float32,
-                                         shape=(int(offsets[-1]), config.width))
-    raw_path = folder / "continuous-raw.npy"
-    raw = np.lib.format.open_memmap(raw_path, mode="w+", dtype=np.float64,
-                                    shape=(int(offsets[-1]), len(columns)))
+    ehr_path, raw_path = folder / "ehr.npy", folder / "continuous-raw.npy"
     skips: list[dict] = []
-    chunks = [(first, min(first + _CHUNK_STAYS, len(episode_paths)))
-              for first in range(0, len(episode_paths), _CHUNK_STAYS)]
+    total = int(offsets[-1])
+    # Plain sequential writes, not a memory map: written pages are not held in this process's
+    # resident memory, so peak RSS stays at a few chunks whatever the cohort size.
+    with ehr_path.open("wb") as ehr_file, raw_path.open("wb") as raw_file:
+        ehr_header = _write_npy_header(ehr_file, np.float32, (total, config.width))
+        raw_header = _write_npy_header(raw_file, np.float64, (total, len(columns)))
+        for chunk in discretized_chunks(episode_paths, origins, end_hours, config):
+            chunk.features.tofile(ehr_file)
+            chunk.raw_continuous.tofile(raw_file)
+            skips += chunk.skips
+            if advance is not None:
+                advance(chunk.stays)
 
-    def discretize_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, list[dict]]:
-        first, last = bounds
-        events = read_episodes(episode_paths[first:last], origins[first:last], config)
-        chunk, before = discretize(events.hours, events.stay, events.values,
-                                   end_hours[first:last], config)
-        return chunk, _before_admission_skips(events, before, episode_paths[first:last])
-
-    for (first, last), (chunk, chunk_skips) in zip(
-            chunks, _in_order(discretize_chunk, chunks, _WORKERS), strict=True):
-        features[offsets[first]:offsets[last]] = chunk
-        raw[offsets[first]:offsets[last]] = chunk[:, columns]
-        skips += chunk_skips
-        if advance is not None:
-            advance(last - first)
-
-    means, stds = _statistics(raw[:offsets[train_stays]], normalizer, columns, config.width)
-    for start in range(0, int(offsets[-1]), 1 << 18):
-        block = raw[start:start + (1 << 18)]
-        features[start:start + len(block), columns] = (block - means[columns]) / stds[columns]
-    features.flush()
-    del features, raw
+    raw_train = np.fromfile(raw_path, np.float64, int(offsets[train_stays]) * len(columns),
+                            offset=raw_header)
+    means, stds = _statistics(raw_train.reshape(-1, len(columns)), normalizer, columns,
+                              config.width)
+    del raw_train
+    for start in range(0, total, _NORMALIZE_ROWS):
+        rows = min(_NORMALIZE_ROWS, total - start)
+        raw = np.fromfile(raw_path, np.float64, rows * len(columns),
+                          offset=raw_header + start * len(columns) * 8)
+        _normalize_rows(ehr_path, ehr_header + start * config.width * 4, (rows, config.width),
+                        raw.reshape(rows, len(columns)), columns, (means, stds))
     raw_path.unlink()
     np.save(folder / "normalizer.npy", np.stack([means, stds]))
     return offsets, skips
+
+
+@dataclass(frozen=True)
+class EhrChunk:
+    """Consecutive stays, discretized.
+
+    Attributes:
+        stays: how many stays.
+        features: (bins, 76) float32; continuous columns not yet normalized.
+        raw_continuous: (bins, 12) float64 continuous values (the columns ``continuous_columns``),
+            which the normalizer reads before writing them z-scored into ``features``.
+        skips: rows before ICU admission, one entry per episode file.
+    """
+
+    stays: int
+    features: np.ndarray
+    raw_continuous: np.ndarray
+    skips: list[dict]
+
+
+def discretized_chunks(episode_paths: Sequence[Path], origins: Sequence[str],
+                       end_hours: np.ndarray, config: DiscretizerConfig,
+                       workers: int = _WORKERS) -> Iterator[EhrChunk]:
+    """Read and discretize stays chunk by chunk on ``workers`` threads, yielding them in order.
+
+    At least one chunk per worker, at most ``_CHUNK_STAYS`` stays per chunk (bounded memory);
+    file reads, the CSV parser and numpy release the GIL, so chunks overlap.
+
+    Example:
+        >>> chunks = discretized_chunks(paths, origins, ends, load_discretizer_config())
+        >>> features = np.concatenate([c.features for c in chunks])  # doctest: +SKIP
+    """
+    n_chunks = max(min(workers, len(episode_paths)), -(-len(episode_paths) // _CHUNK_STAYS))
+    bounds = np.linspace(0, len(episode_paths), n_chunks + 1).astype(int).tolist()
+
+    def discretize_chunk(first_last: tuple[int, int]) -> EhrChunk:
+        first, last = first_last
+        events = read_episodes(episode_paths[first:last], origins[first:last], config,
+                               threads=1 if workers > 1 else None)
+        binned = bin_events(events.hours, events.stay, events.values, end_hours[first:last],
+                            config)
+        raw = np.ascontiguousarray(binned.filled[config.continuous_channels].T)
+        skips = _before_admission_skips(events, binned.before_admission,
+                                        episode_paths[first:last])
+        return EhrChunk(last - first, encode(binned.filled, binned.observed, config, np.float32),
+                        raw, skips)
+
+    yield from _in_order(discretize_chunk, list(zip(bounds[:-1], bounds[1:], strict=True)),
+                         workers)
+
+
+def _write_npy_header(stream: BinaryIO, dtype: type, shape: tuple[int, int]) -> int:
+    """Write a ``.npy`` header for a C-ordered array; return its length in bytes."""
+    np.lib.format.write_array_header_1_0(stream, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": shape})
+    return stream.tell()
+
+
+def _normalize_rows(ehr_path: Path, offset: int, shape: tuple[int, int], raw: np.ndarray,
+                    columns: np.ndarray, statistics: tuple[np.ndarray, np.ndarray]) -> None:
+    """Z-score ``columns`` of one block of ``ehr.npy`` in float64 from the raw values.
+
+    The block is mapped, written and unmapped, so resident memory stays at one block; its pages
+    stay in the file (a shared mapping), and no msync waits for the disk.
+    """
+    means, stds = statistics
+    block = np.memmap(ehr_path, np.float32, "r+", offset=offset, shape=shape)
+    block[:, columns] = (raw - means[columns]) / stds[columns]
+    del block
 
 
 def _in_order(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:

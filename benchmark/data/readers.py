@@ -190,23 +190,24 @@ class Episodes:
     line: np.ndarray
 
 
-def read_episodes(paths: Sequence[Path], origins: Sequence[str],
-                  config: DiscretizerConfig) -> Episodes:
+def read_episodes(paths: Sequence[Path], origins: Sequence[str], config: DiscretizerConfig,
+                  *, threads: int | None = None) -> Episodes:
     """Read episode CSVs into one event table, parsing all files of a header at once.
 
-    Many files are read in ``_THREADS`` consecutive pieces at once: file reads and pandas' C
+    Many files are read in consecutive pieces on several threads: file reads and pandas' C
     parser release the GIL, so the pieces overlap. Errors are raised for the first bad piece.
 
     Args:
         paths: episode files.
         origins: per file, where it was listed (``"train_listfile.csv line 7"``), for errors.
         config: the discretizer configuration (channel names and categories).
+        threads: at most this many threads (default: up to 2, the cores available).
 
     Example:
         >>> events = read_episodes([path], ["train_listfile.csv line 2"], config)  # doctest: +SKIP
         >>> events.values.shape  # (rows, 17), categories as indices, NaN = empty  # doctest: +SKIP
     """
-    threads = max(1, min(_THREADS, len(paths) // _MIN_FILES_PER_THREAD))
+    threads = max(1, min(threads or _THREADS, len(paths) // _MIN_FILES_PER_THREAD))
     bounds = np.linspace(0, len(paths), threads + 1).astype(int).tolist()
     pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
     if threads > 1:
