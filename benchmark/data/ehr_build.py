@@ -117,16 +117,18 @@ class EhrChunk:
 
 def discretized_chunks(episode_paths: Sequence[Path], origins: Sequence[str],
                        end_hours: np.ndarray, config: DiscretizerConfig,
-                       workers: int = _WORKERS) -> Iterator[EhrChunk]:
-    """Read and discretize stays chunk by chunk on ``workers`` threads, yielding them in order.
+                       workers: int | None = None) -> Iterator[EhrChunk]:
+    """Read and discretize stays chunk by chunk on threads, yielding the chunks in order.
 
-    At least one chunk per worker, at most ``_CHUNK_STAYS`` stays per chunk (bounded memory);
-    file reads, the CSV parser and numpy release the GIL, so chunks overlap.
+    ``workers`` threads (default 2, the target machines' cores), at least one chunk each and at
+    most ``_CHUNK_STAYS`` stays per chunk (bounded memory); file reads, the CSV parser and numpy
+    release the GIL, so chunks overlap.
 
     Example:
         >>> chunks = discretized_chunks(paths, origins, ends, load_discretizer_config())
         >>> features = np.concatenate([c.features for c in chunks])  # doctest: +SKIP
     """
+    workers = workers or _WORKERS
     n_chunks = max(min(workers, len(episode_paths)), -(-len(episode_paths) // _CHUNK_STAYS))
     bounds = np.linspace(0, len(episode_paths), n_chunks + 1).astype(int).tolist()
 
