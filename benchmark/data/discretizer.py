@@ -173,7 +173,9 @@ def bin_events(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hour
 
     bins = np.trunc(hours / config.timestep - EPS).astype(np.int64)
     before_admission = bins < 0
-    keep = ~before_admission & (hours <= np.asarray(end_hours)[stay] + EPS)
+    # ``bins < counts``: with an end a hair (< eps) past a whole hour, a row in that hair would
+    # land in the next stay's first bin (the original stops on an assertion there).
+    keep = ~before_admission & (hours <= np.asarray(end_hours)[stay] + EPS) & (bins < counts[stay])
     global_bin = starts[stay[keep]] + bins[keep]
     # Channel-major (17, K) rows: contiguous per channel when ``values`` is Fortran-ordered.
     channel_values = values.T[:, keep] if not keep.all() else values.T

@@ -180,7 +180,8 @@ class Episodes:
     Attributes:
         hours: (R,) float64 ``Hours``.
         stay: (R,) int64 index of the episode in the list read.
-        values: (R, 17) float64 values (category index for categorical channels), NaN = empty.
+        values: (R, 17) float64 values (category index for categorical channels), NaN = empty;
+            Fortran-ordered, so each channel is contiguous for the discretizer.
         line: (R,) int64 file line of each row.
     """
 
@@ -192,7 +193,7 @@ class Episodes:
 
 def read_episodes(paths: Sequence[Path], origins: Sequence[str], config: DiscretizerConfig,
                   *, threads: int | None = None) -> Episodes:
-    """Read episode CSVs into one event table, parsing all files of a header at once.
+    """Read episode CSVs into one event table; the files of a piece are parsed in one go.
 
     Many files are read in consecutive pieces on several threads: file reads and pandas' C
     parser release the GIL, so the pieces overlap. Errors are raised for the first bad piece.
