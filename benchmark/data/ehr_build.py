@@ -33,8 +33,8 @@ __all__ = ["EhrChunk", "build_ehr_arrays", "discretized_chunks", "stay_end_hours
 _CHUNK_STAYS = 1000
 _NORMALIZE_ROWS = 1 << 18
 _WORKERS = 2  # chunks discretized at once (the target machines have 2 cores)
-T = TypeVar("T")
-R = TypeVar("R")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def stay_end_hours(period_hours: np.ndarray, fixed_hours: float | None) -> np.ndarray:
@@ -125,7 +125,7 @@ def discretized_chunks(episode_paths: Sequence[Path], origins: Sequence[str],
     release the GIL, so chunks overlap.
 
     Example:
-        >>> chunks = discretized_chunks(paths, origins, ends, load_discretizer_config())
+        >>> chunks = discretized_chunks(paths, origins, ends, config)  # doctest: +SKIP
         >>> features = np.concatenate([c.features for c in chunks])  # doctest: +SKIP
     """
     workers = workers or _WORKERS
@@ -169,7 +169,8 @@ def _normalize_rows(ehr_path: Path, offset: int, shape: tuple[int, int], raw: np
     del block
 
 
-def _in_order(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+def _in_order(function: Callable[[Item], Result], items: Sequence[Item],
+              workers: int) -> Iterator[Result]:
     """``map(function, items)`` on ``workers`` threads, in order, at most ``workers`` ahead.
 
     Bounded look-ahead keeps memory at a few chunks; numpy and the CSV parser release the GIL,
