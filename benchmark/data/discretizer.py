@@ -177,17 +177,18 @@ def bin_events(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hour
     # land in the next stay's first bin (the original stops on an assertion there).
     keep = ~before_admission & (hours <= np.asarray(end_hours)[stay] + EPS) & (bins < counts[stay])
     global_bin = starts[stay[keep]] + bins[keep]
-    # Channel-major (17, K) rows: contiguous per channel when ``values`` is Fortran-ordered.
-    channel_values = values.T[:, keep] if not keep.all() else values.T
+    # Channel-major (17, K) rows, C-ordered (np.compress and np.take keep that; [:, mask] and
+    # [:, index] would return Fortran-ordered arrays and make every later step strided).
+    channel_values = np.compress(keep, values.T, axis=1) if not keep.all() else values.T
     if global_bin.size and np.any(global_bin[1:] < global_bin[:-1]):
         # Rows out of time order: a stable sort keeps file order inside each bin (last wins).
         order = np.argsort(global_bin, kind="stable")
-        global_bin, channel_values = global_bin[order], channel_values[:, order]
+        global_bin, channel_values = global_bin[order], np.take(channel_values, order, axis=1)
 
     # rows_upto[b]: rows in bins <= b (so the last such row is rows_upto[b] - 1).
     rows_in_bin = np.bincount(global_bin, minlength=total)[:total]
     rows_upto = np.cumsum(rows_in_bin)
-    last_row = _last_observed_row(channel_values)[:, rows_upto]
+    last_row = np.take(_last_observed_row(channel_values), rows_upto, axis=1)
     observed = last_row > (rows_upto - rows_in_bin)
     stay_first_bin = np.repeat(starts[:-1], counts)
     seen_in_stay = last_row > (rows_upto - rows_in_bin)[stay_first_bin]
