@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark import __version__
+from benchmark.cli_common import err_console, registry_for_cli, resolve_device
 from benchmark.data import DataConfig, prepare
 from benchmark.data.cli import data_config_from_options, data_group, data_options
 from benchmark.errors import FusebenchError
@@ -31,15 +31,16 @@ from benchmark.leaderboard import leaderboard_path, merge_result, summary_rows
 from benchmark.metrics import format_ci, score_predictions
 from benchmark.presets import PRESETS, Preset, get_preset
 from benchmark.progress import RunProgress
-from benchmark.registry import PluginWarning, Registry, get_registry, set_extra_plugins
+from benchmark.registry import set_extra_plugins
 from benchmark.results import read_result
 from benchmark.runner import RunRequest, execute_run, read_predictions, run_dir
+from benchmark.scaffold import plugins_check_command, plugins_new_command
 from benchmark.specs import COHORTS, MethodSpec, ModelConfig, TaskSpec
+from benchmark.throughput import throughput_command
 
 __all__ = ["cli", "main"]
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,16 +56,6 @@ err_console = Console(stderr=True)
 def cli(debug: bool, plugins: Sequence[str]) -> None:
     """fusebench: benchmark multi-modal fusion of ICU time series and chest X-rays."""
     set_extra_plugins(plugins)
-
-
-def registry_for_cli() -> Registry:
-    """The registry, with plugin failures shown as one yellow line each instead of warnings."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PluginWarning)
-        registry = get_registry()
-    for problem in registry.problems:
-        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False)
-    return registry
 
 
 def trainable_parameters(method: MethodSpec, task: TaskSpec) -> int:
@@ -169,16 +160,6 @@ def _data_config(options: dict[str, Any], preset: Preset) -> DataConfig:
     return config
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FusebenchError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
-
-
 def _out_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -225,7 +206,7 @@ def _request(task: str, method: str, options: dict[str, Any]) -> tuple[RunReques
         seed=options.pop("seed"), preset=options.pop("preset"),
         overrides={"epochs": options.pop("epochs"), "batch_size": options.pop("batch_size"),
                    "lr": options.pop("lr")},
-        device=_device(options.pop("device")), cxr_weights=options.pop("cxr_weights"),
+        device=resolve_device(options.pop("device")), cxr_weights=options.pop("cxr_weights"),
         n_resamples=options.pop("n_resamples"), out=_out_folder(options.pop("out")),
     )
     return request, options
@@ -401,7 +382,10 @@ def results_validate(files: Sequence[Path]) -> None:
         raise FusebenchError(f"{bad} of {len(files)} result files are invalid")
 
 
+plugins.add_command(plugins_new_command)
+plugins.add_command(plugins_check_command)
 cli.add_command(data_group)
+cli.add_command(throughput_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

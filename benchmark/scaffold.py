@@ -25,8 +25,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.cli_common import registry_for_cli
 from benchmark.errors import FusebenchError
-from benchmark.registry import Registry
 from benchmark.testing import CheckResult, check_method
 
 __all__ = [
@@ -270,7 +270,7 @@ def scaffold_plugin(name: str, directory: Path) -> Path:
 def plugins_new_command(name: str, directory: Path | None) -> None:
     """Scaffold an installable plugin package for a new fusion method NAME."""
     validate_plugin_name(name)
-    registered = _registry().methods.get(name)
+    registered = registry_for_cli().methods.get(name)
     if registered is not None:
         raise FusebenchError(f"method {name!r} is already registered by "
                              f"{registered.distribution}; choose another name")
@@ -293,7 +293,7 @@ def plugins_new_command(name: str, directory: Path | None) -> None:
               help="Task to check on (repeatable or comma list; default: every task).")
 def plugins_check_command(name: str, task_names: Sequence[str]) -> None:
     """Run the conformance suite on method NAME; non-zero exit on any failure."""
-    registry = _registry()
+    registry = registry_for_cli()
     method = registry.method(name)
     tasks = [t.strip() for value in task_names for t in value.split(",") if t.strip()] or None
     results = check_method(method, registry, tasks=tasks)
@@ -316,10 +316,3 @@ def _results_table(title: str, results: Sequence[CheckResult]) -> Table:
         verdict = "[green]pass[/]" if result.passed else "[red]FAIL[/]"
         table.add_row(result.task, result.name, verdict, result.reason)
     return table
-
-
-def _registry() -> Registry:
-    """The CLI's registry (plugin problems shown as warnings); imported late: the CLI imports us."""
-    from benchmark.cli import registry_for_cli
-
-    return registry_for_cli()

@@ -53,10 +53,11 @@ from rich.table import Table
 from torch import nn
 
 from benchmark import __version__
+from benchmark.cli_common import err_console, registry_for_cli, resolve_device
 from benchmark.data.cli import data_options
 from benchmark.errors import FusebenchError
 from benchmark.progress import make_progress
-from benchmark.registry import PluginWarning, Registry, get_registry
+from benchmark.registry import Registry, get_registry
 from benchmark.results import atomic_write_json, utc_now
 from benchmark.specs import MethodSpec, ModelConfig, TaskSpec
 from benchmark.steps import build_optimizers, training_step
@@ -719,25 +720,6 @@ def _check_writable(path: Path) -> None:
         raise FusebenchError(f"--json {path}: cannot write there; choose a writable file path")
 
 
-def _resolve_device(name: str | None) -> str:
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FusebenchError("--device cuda: no CUDA device is available here; use --device cpu")
-    return name
-
-
-def _registry_with_warnings(console: Console) -> Registry:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PluginWarning)
-        registry = get_registry()
-    for problem in registry.problems:
-        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
-    return registry
-
-
 def _prepared_data(task: TaskSpec, data_settings: dict[str, Any]) -> Any:
     from benchmark.data import prepare
     from benchmark.data.cli import data_config_from_options
@@ -773,13 +755,12 @@ def throughput_command(methods: Sequence[str], task_name: str, device: str | Non
                        compile_model: bool, warmup: int, iters: int, mode: str,
                        json_path: Path | None, **data_settings: Any) -> None:
     """Training and inference samples/s, step time and peak memory per method and batch size."""
-    err_console = Console(stderr=True)
-    registry = _registry_with_warnings(err_console)
+    registry = registry_for_cli()
     names = [n.strip() for value in methods for n in value.split(",") if n.strip()]
     specs = [registry.method(name) for name in names or sorted(registry.methods)]
     task = registry.task(task_name)
     sizes = parse_batch_sizes(batch_sizes)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if json_path is not None:
         _check_writable(json_path)
     data = _prepared_data(task, data_settings) if mode == "end-to-end" else None

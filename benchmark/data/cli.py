@@ -81,9 +81,9 @@ def data_group() -> None:
 @data_options
 def info_command(as_json: bool, task_names: tuple[str, ...], **options: Any) -> None:
     """Stays, positives, paired fraction, cache state and skipped rows per task/split/cohort."""
-    from benchmark.registry import get_registry
+    from benchmark.cli_common import registry_for_cli
 
-    registry = get_registry()
+    registry = registry_for_cli()
     config = data_config_from_options(**options)
     names = task_names or tuple(sorted(registry.tasks))
     summaries = [prepare(config, registry.task(name), progress=not as_json).info()
