@@ -2,12 +2,20 @@
 
 from benchmark.errors import FusebenchError
 from benchmark.hookspecs import hookimpl
-from benchmark.specs import COHORTS, MethodSpec, ModelConfig, PretrainingStage, TaskSpec
+from benchmark.specs import (
+    COHORTS,
+    ExecutorSpec,
+    MethodSpec,
+    ModelConfig,
+    PretrainingStage,
+    TaskSpec,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COHORTS",
+    "ExecutorSpec",
     "FusebenchError",
     "MethodSpec",
     "ModelConfig",

@@ -9,6 +9,7 @@ Errors caused by input print one line and exit with status 2; ``--debug`` shows 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -21,11 +22,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmark import __version__
+from benchmark import __version__, distributed
 from benchmark.cli_common import err_console, registry_for_cli, resolve_device
 from benchmark.data import DataConfig, prepare
 from benchmark.data.cli import data_config_from_options, data_group, data_options
 from benchmark.errors import FusebenchError
+from benchmark.executors import ExecutorSettings
 from benchmark.grid import run_grid
 from benchmark.leaderboard import leaderboard_path, merge_result, summary_rows
 from benchmark.metrics import format_ci, score_predictions
@@ -233,14 +235,24 @@ def _print_results(results: Sequence[dict[str, Any]]) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @run_options
 def run(task: str, method: str, resume: bool, **options: Any) -> None:
-    """Train one method on one task and score it on both test cohorts."""
+    """Train one method on one task and score it on both test cohorts.
+
+    Under torchrun (torchrun --nproc_per_node N -m benchmark.cli run ...) the N processes train
+    one model together: rank 0 prepares the data first, then the others reuse the cache; rank 0
+    alone shows progress, writes the files and prints the results.
+    """
     registry = registry_for_cli()
     registry.task(task)
     registry.method(method)
-    request, data_opts = _request(task, method, options)
-    data = prepare(_data_config(data_opts, get_preset(request.preset)), registry.task(task))
-    with RunProgress() as progress:
-        results = execute_run(registry, request, data, resume=resume, progress=progress)
+    with distributed.process_group(resolve_device(options["device"])):
+        request, data_opts = distributed.from_main(_request, task, method, options)
+        with distributed.main_first():
+            data = prepare(_data_config(data_opts, get_preset(request.preset)),
+                           registry.task(task), progress=distributed.is_main())
+        with RunProgress() if distributed.is_main() else contextlib.nullcontext() as progress:
+            results = execute_run(registry, request, data, resume=resume, progress=progress)
+        if not distributed.is_main():
+            return
     folder = run_dir(request, registry.method(method), data)
     _print_results(results)
     err_console.print(f"results and predictions in {folder}", highlight=False)
@@ -287,6 +299,17 @@ def score(predictions: Path, task: str, n_resamples: int, seed: int, reference: 
     console.print(table)
 
 
+def _executor_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FusebenchError(f"--executor-option {pair!r}: write KEY=VALUE, e.g. "
+                                 "--executor-option cluster=local")
+        options[key.strip()] = value.strip()
+    return options
+
+
 @cli.group(invoke_without_command=True)
 @click.option("--methods", multiple=True, help="Methods (comma list; default: all registered).")
 @click.option("--tasks", "task_names", multiple=True, help="Tasks (comma list; default: all).")
@@ -297,19 +320,43 @@ def score(predictions: Path, task: str, n_resamples: int, seed: int, reference: 
               help="Where leaderboards/<dataset>/<task>.json is written.")
 @click.option("--throughput", "with_throughput", is_flag=True,
               help="Measure and attach each method's throughput.")
+@click.option("--executor", default="local", show_default=True,
+              help="Where grid jobs run: local, slurm, ray, or a plugin's executor.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="local: grid jobs run at once, in worker processes.")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Resubmissions of a job whose worker died.")
+@click.option("--slurm-partition", default=None, help="slurm: partition.")
+@click.option("--slurm-gpus", type=click.IntRange(min=0), default=None, help="slurm: GPUs per job.")
+@click.option("--slurm-time", type=click.IntRange(min=1), default=None,
+              help="slurm: time limit per job in minutes [default: 240].")
+@click.option("--slurm-cpus", type=click.IntRange(min=1), default=None,
+              help="slurm: CPUs per job [default: 4].")
+@click.option("--ray-address", default=None, help="ray: address of the cluster (HOST:PORT).")
+@click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE",
+              help="Other executor settings, e.g. cluster=local (slurm), gpus=1 (ray).")
 @run_options
 @click.pass_context
 def leaderboard(ctx: click.Context, methods: Sequence[str], task_names: Sequence[str],
-                seeds: int, leaderboard_dir: Path, with_throughput: bool,
-                **options: Any) -> None:
+                seeds: int, leaderboard_dir: Path, with_throughput: bool, executor: str,
+                jobs: int, retries: int, slurm_partition: str | None, slurm_gpus: int | None,
+                slurm_time: int | None, slurm_cpus: int | None, ray_address: str | None,
+                executor_options: Sequence[str], **options: Any) -> None:
     """Run the standard leaderboard grid (or a subcommand such as `merge`)."""
     if ctx.invoked_subcommand is not None:
         return
     registry = registry_for_cli()
     method_names = _split_names(methods) or sorted(registry.methods)
     tasks_ = _split_names(task_names) or sorted(registry.tasks)
+    registry.executor(executor)
     request, data_opts = _request(tasks_[0], method_names[0], options)
     config = _data_config(data_opts, get_preset(request.preset))
+    given = {"partition": slurm_partition, "gpus": slurm_gpus, "time_min": slurm_time,
+             "cpus": slurm_cpus, "address": ray_address}
+    settings = ExecutorSettings(
+        jobs=jobs, retries=retries, log_dir=Path(request.out).resolve() / "logs",
+        options={**{k: v for k, v in given.items() if v is not None},
+                 **_executor_options(executor_options)})
     throughput = None
     if with_throughput:
         from benchmark.throughput import leaderboard_record
@@ -318,17 +365,20 @@ def leaderboard(ctx: click.Context, methods: Sequence[str], task_names: Sequence
             return leaderboard_record(registry.method(method), registry.task(task),
                                       device=request.device, image_size=config.image_size)
 
-    boards = run_grid(
+    report = run_grid(
         registry, methods=method_names, tasks=tasks_, seeds=range(seeds), request=request,
-        prepare_task=lambda task: prepare(config, registry.task(task)),
-        root=_out_folder(leaderboard_dir), throughput=throughput, console=err_console,
+        data_config=config, root=_out_folder(leaderboard_dir), executor=executor,
+        settings=settings, throughput=throughput, console=err_console,
     )
-    for task, board in boards.items():
+    for task, board in report.boards.items():
         for cohort in COHORTS:
             _print_board(board, cohort)
         err_console.print(
             f"{task}: {leaderboard_path(leaderboard_dir, board['dataset']['name'], task)}",
             highlight=False)
+    if report.lost:
+        raise FusebenchError(f"{len(report.lost)} grid job(s) lost: their workers died with no "
+                             "retry left; rerun the same command to resume them")
 
 
 def _print_board(board: dict[str, Any], cohort: str) -> None:

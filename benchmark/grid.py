@@ -1,8 +1,12 @@
 """The standard leaderboard grid: every method x task x training cohort x seed, resumable.
 
-Entries whose result files exist are skipped; an interrupted entry resumes from its checkpoint; a
-failing method is recorded as failed with its error and the grid goes on. After every entry the
-task's leaderboard is rebuilt, so a killed grid leaves a valid leaderboard of what finished.
+The driver (this module) prepares each task's data once, then hands the work to an executor
+(:mod:`benchmark.executors`) in two waves: the pretraining stages the pending entries need, each
+once, then the entries themselves. Entries whose result files exist are skipped; an interrupted
+entry resumes from its checkpoint; a failing method is recorded as failed with its error and the
+grid goes on; a job whose worker died is retried, then reported. After every finished entry the
+task's leaderboard is rebuilt from the result files under its file lock, so a killed grid leaves a
+valid leaderboard of what finished.
 """
 
 from __future__ import annotations
@@ -15,20 +19,16 @@ from typing import Any
 
 from rich.console import Console
 
+from benchmark.data import DataConfig, prepare
 from benchmark.errors import FusebenchError
+from benchmark.executors import ExecutorSettings, GridJob, JobOutcome, land_files
 from benchmark.leaderboard import leaderboard_path, rebuild_leaderboard
-from benchmark.progress import RunProgress, make_progress
-from benchmark.registry import Registry
-from benchmark.runner import (
-    RunRequest,
-    dataset_name,
-    execute_run,
-    finished_results,
-    record_failure,
-    run_dir,
-)
+from benchmark.plots import save_forest_plot
+from benchmark.progress import make_progress
+from benchmark.registry import Registry, extra_plugins
+from benchmark.runner import RunRequest, dataset_name, finished_results, run_dir
 
-__all__ = ["GridEntry", "grid_entries", "run_grid"]
+__all__ = ["GridEntry", "GridReport", "grid_entries", "run_grid"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,19 @@ class GridEntry:
     method: str
     train_cohort: str
     seed: int
+
+
+@dataclass
+class GridReport:
+    """What :func:`run_grid` did.
+
+    Attributes:
+        boards: the leaderboards written, by task.
+        lost: the jobs whose workers died with no retry left (a rerun resumes them).
+    """
+
+    boards: dict[str, dict[str, Any]]
+    lost: list[GridJob]
 
 
 def grid_entries(registry: Registry, methods: Sequence[str], tasks: Sequence[str],
@@ -61,12 +74,14 @@ def run_grid(
     tasks: Sequence[str],
     seeds: Sequence[int],
     request: RunRequest,
-    prepare_task: Callable[[str], Any],
+    data_config: DataConfig,
     root: Path,
+    executor: str = "local",
+    settings: ExecutorSettings | None = None,
     throughput: Callable[[str, str], dict] | None = None,
     console: Console | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Run the grid and write one leaderboard per task.
+) -> GridReport:
+    """Run the grid with ``executor`` and write one leaderboard per task.
 
     Args:
         registry: plugins.
@@ -74,52 +89,92 @@ def run_grid(
         tasks: task names.
         seeds: training seeds.
         request: template run request (preset, device, overrides, out, n_resamples).
-        prepare_task: task name -> prepared data.
+        data_config: the data every task is prepared from.
         root: folder under which ``leaderboards/<dataset>/<task>.json`` is written.
+        executor: name of a registered executor (``local``, ``slurm``, ``ray``...).
+        settings: the executor's settings (default: one job at a time, one retry).
         throughput: optional (method, task) -> throughput record attached to the entries.
         console: where progress and status lines go.
 
     Returns:
-        The leaderboards written, by task.
+        The :class:`GridReport`.
     """
     console = console or Console(stderr=True)
+    spec = registry.executor(executor)
     entries = grid_entries(registry, methods, tasks, seeds)
-    boards = {}
+    # Workers elsewhere (another process, node or working folder) need absolute paths.
+    request = dataclasses.replace(request, out=Path(request.out).resolve())
+    data = {task: prepare(data_config, registry.task(task)) for task in tasks}
+    records = ({task: {m: throughput(m, task) for m in methods} for task in tasks}
+               if throughput else dict.fromkeys(tasks))
+    boards = {task: _rebuild(registry, task, data[task], request, root, records[task])
+              for task in tasks}
+    jobs, lost = [], []
+    for entry in entries:
+        job = GridJob("run", dataclasses.replace(request, task=entry.task, method=entry.method,
+                                                 train_cohort=entry.train_cohort,
+                                                 seed=entry.seed),
+                      data_config, plugins=extra_plugins())
+        if finished_results(_folder(registry, job, data)):
+            console.print(f"[dim]done already:[/] {job.label}", highlight=False)
+        else:
+            jobs.append(job)
     with make_progress(console) as display:
-        overall = display.add_task("leaderboard grid", total=len(entries), status="")
-        for task in tasks:
-            data = prepare_task(task)
-            records = {m: throughput(m, task) for m in methods} if throughput else None
-            for entry in (e for e in entries if e.task == task):
-                _run_entry(registry, entry, request, data, display, console)
-                display.update(overall, advance=1, status=f"{entry.method} {entry.task}")
-                boards[task] = _rebuild(registry, task, data, request, root, records)
-            if task not in boards:
-                boards[task] = _rebuild(registry, task, data, request, root, records)
-    return boards
+        settings = dataclasses.replace(settings or ExecutorSettings(), display=display)
+        stage_jobs = _stage_jobs(registry, jobs)
+        if stage_jobs:
+            stages_bar = display.add_task("pretraining stages", total=len(stage_jobs), status="")
+
+            def report_stage(outcome: JobOutcome) -> None:
+                _print_outcome(console, outcome)
+                display.update(stages_bar, advance=1)
+
+            spec.run(stage_jobs, settings, report_stage)
+        grid_bar = display.add_task("leaderboard grid", total=len(entries),
+                                    completed=len(entries) - len(jobs), status="")
+
+        def report(outcome: JobOutcome) -> None:
+            task = outcome.job.request.task
+            if outcome.status == "lost":
+                lost.append(outcome.job)
+            land_files(outcome, _folder(registry, outcome.job, data))
+            _print_outcome(console, outcome)
+            boards[task] = _rebuild(registry, task, data[task], request, root, records[task])
+            display.update(grid_bar, advance=1, status=outcome.job.label)
+
+        spec.run(jobs, settings, report)
+    for task, board in boards.items():
+        plot = save_forest_plot(board, leaderboard_path(root, board["dataset"]["name"], task)
+                                .with_suffix(".png"))
+        if plot is not None:
+            console.print(f"forest plot: {plot}", highlight=False)
+    return GridReport(boards, lost)
 
 
-def _run_entry(registry: Registry, entry: GridEntry, template: RunRequest, data: Any,
-               display: Any, console: Console) -> None:
-    request = dataclasses.replace(template, task=entry.task, method=entry.method,
-                                  train_cohort=entry.train_cohort, seed=entry.seed)
-    method = registry.method(entry.method)
-    folder = run_dir(request, method, data)
-    label = f"{entry.method} on {entry.task} ({entry.train_cohort}, seed {entry.seed})"
-    if finished_results(folder):
+def _folder(registry: Registry, job: GridJob, data: dict[str, Any]) -> Path:
+    return run_dir(job.request, registry.method(job.request.method), data[job.request.task])
+
+
+def _stage_jobs(registry: Registry, jobs: Sequence[GridJob]) -> list[GridJob]:
+    """One job per (task, seed, stage) that the pending entries need, for the first method
+    listing it (the stage's weights do not depend on the method that asks)."""
+    stage_jobs: dict[tuple[str, int, str], GridJob] = {}
+    for job in jobs:
+        for stage in registry.method(job.request.method).pretraining:
+            key = (job.request.task, job.request.seed, stage)
+            stage_jobs.setdefault(key, dataclasses.replace(job, kind="stage", stage=stage))
+    return list(stage_jobs.values())
+
+
+def _print_outcome(console: Console, outcome: JobOutcome) -> None:
+    label = outcome.job.label
+    if outcome.status in ("failed", "lost"):
+        what = "failed" if outcome.status == "failed" else "lost (worker died)"
+        console.print(f"[red]{what}:[/] {label}: {outcome.reason}", highlight=False)
+    elif outcome.status == "done-already":
         console.print(f"[dim]done already:[/] {label}", highlight=False)
-        return
-    try:
-        with RunProgress(display) as progress:
-            execute_run(registry, request, data, resume=True, progress=progress)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as error:  # one failing method must not stop the grid
-        record_failure(folder, error)
-        reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        console.print(f"[red]failed:[/] {label}: {reason}", highlight=False)
-        return
-    console.print(f"[green]finished:[/] {label}", highlight=False)
+    else:
+        console.print(f"[green]finished:[/] {label}", highlight=False)
 
 
 def _rebuild(registry: Registry, task: str, data: Any, request: RunRequest, root: Path,

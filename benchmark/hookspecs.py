@@ -41,7 +41,13 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from benchmark.specs import MethodSpec, ModelConfig, PretrainingStage, TaskSpec
+    from benchmark.specs import (
+        ExecutorSpec,
+        MethodSpec,
+        ModelConfig,
+        PretrainingStage,
+        TaskSpec,
+    )
 
 __all__ = ["PROJECT_NAME", "StageContext", "hookimpl", "hookspec"]
 
@@ -113,6 +119,19 @@ def fusebench_register_pretraining_stages() -> Sequence[PretrainingStage]:
 
     Returns:
         A list of :class:`~benchmark.specs.PretrainingStage`.
+    """
+
+
+@hookspec
+def fusebench_register_executors() -> Sequence[ExecutorSpec]:
+    """Register executors: engines that run the leaderboard grid's jobs.
+
+    Called once when the plugin manager is built, on every plugin. The built-in ``local``,
+    ``slurm`` (submitit) and ``ray`` executors register through this hook; an executor for
+    another scheduler is a plugin like any method.
+
+    Returns:
+        A list of :class:`~benchmark.specs.ExecutorSpec`; names must be unique.
     """
 
 

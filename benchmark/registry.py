@@ -29,12 +29,13 @@ import pluggy
 
 from benchmark import hookspecs
 from benchmark.errors import FusebenchError
-from benchmark.specs import MethodSpec, PretrainingStage, TaskSpec
+from benchmark.specs import ExecutorSpec, MethodSpec, PretrainingStage, TaskSpec
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginWarning",
     "Registry",
+    "extra_plugins",
     "get_registry",
     "load_registry",
     "set_extra_plugins",
@@ -57,6 +58,7 @@ class Registry:
         methods: method specs by name.
         tasks: task specs by name.
         stages: pretraining stages by name.
+        executors: grid executors by name.
         problems: one line per plugin that failed to load or register.
     """
 
@@ -64,6 +66,7 @@ class Registry:
     methods: dict[str, MethodSpec] = field(default_factory=dict)
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     stages: dict[str, PretrainingStage] = field(default_factory=dict)
+    executors: dict[str, ExecutorSpec] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def method(self, name: str) -> MethodSpec:
@@ -77,6 +80,10 @@ class Registry:
     def stage(self, name: str) -> PretrainingStage:
         """The pretraining stage called ``name``."""
         return _lookup(self.stages, name, "pretraining stage", "fusebench plugins list")
+
+    def executor(self, name: str) -> ExecutorSpec:
+        """The executor called ``name``."""
+        return _lookup(self.executors, name, "executor", "fusebench leaderboard --help")
 
 
 def _lookup(table: dict[str, Any], name: str, kind: str, list_command: str) -> Any:
@@ -213,6 +220,8 @@ def load_registry(
             loader.collect("fusebench_register_pretraining_stages", PretrainingStage),
             "pretraining stage",
         ),
+        executors=_by_name(loader.collect("fusebench_register_executors", ExecutorSpec),
+                           "executor"),
         problems=loader.problems,
     )
 
@@ -226,6 +235,11 @@ def set_extra_plugins(modules: Sequence[str]) -> None:
     global _extra_modules, _cached
     _extra_modules = tuple(modules)
     _cached = None
+
+
+def extra_plugins() -> tuple[str, ...]:
+    """The modules set by :func:`set_extra_plugins` (what a worker process must load too)."""
+    return _extra_modules
 
 
 def get_registry() -> Registry:

@@ -10,6 +10,11 @@ Layout of a run folder (``{out}/{dataset}/{task}/{method}/{train_cohort}/seed{se
     failed.json                      only when the run failed: the error, for the leaderboard
 
 Pretraining stages are cached under ``{out}/stages/{data fingerprint}/``.
+
+Under torchrun (see :mod:`benchmark.distributed`) every rank runs the same code: the ranks train
+pretraining stages and the model together, and rank 0 alone reads and writes the files above
+(stage weights, checkpoints, predictions, results, ``failed.json``), handing what it read to the
+other ranks; ``training.world_size`` in the result records how many ranks trained.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmark import __version__
+from benchmark import __version__, distributed
 from benchmark.checkpoints import load_checkpoint, save_checkpoint
 from benchmark.errors import FusebenchError
 from benchmark.metrics import score_predictions
@@ -59,6 +64,7 @@ __all__ = [
     "dataset_name",
     "execute_run",
     "finished_results",
+    "pretrain",
     "read_predictions",
     "record_failure",
     "run_dir",
@@ -151,7 +157,8 @@ class _StageContext:
 
     def fit(self, model: nn.Module, *, cohort: str, hparams: Mapping[str, Any]) -> nn.Module:
         if cohort == "radiology":
-            train, val = self._data.radiology("train"), self._data.radiology("val")
+            with distributed.main_first():  # rank 0 builds the radiology cache the others reuse
+                train, val = self._data.radiology("train"), self._data.radiology("val")
         else:
             train, val = self._data.cohort("train", cohort), self._data.cohort("val", cohort)
         merged = get_preset(self._request.preset).apply(hparams)
@@ -166,11 +173,37 @@ class _StageContext:
         return model
 
 
-def _stage_weights(registry: Registry, method: MethodSpec, task: TaskSpec, data: Any,
-                   request: RunRequest, base: ModelConfig,
-                   progress: RunProgress | None) -> dict[str, Any]:
+def _base_config(request: RunRequest, method: MethodSpec, task: TaskSpec, data: Any
+                 ) -> ModelConfig:
+    """The method's model configuration for ``request``, before pretrained weights are added."""
+    return ModelConfig(task=task.name, num_classes=task.num_classes,
+                       image_size=data.config.image_size, cxr_weights=request.cxr_weights,
+                       hparams=_resolved_hparams(request, method))
+
+
+def pretrain(registry: Registry, request: RunRequest, data: Any, *,
+             stages: Sequence[str] | None = None,
+             progress: RunProgress | None = None) -> dict[str, Any]:
+    """The weights of the pretraining stages ``request.method`` lists, each computed once.
+
+    A stage's weights are cached under ``{out}/stages/{data fingerprint}/`` by stage, stage
+    config, preset, overrides, seed, image size and ImageNet weights (not by method), so every
+    method of a grid that lists the stage reuses the first computation.
+
+    Args:
+        registry: plugins.
+        request: the run that needs the stages.
+        data: the task's prepared data.
+        stages: compute only these (default: every stage the method lists).
+        progress: live display.
+
+    Returns:
+        State dicts by stage name.
+    """
+    method, task = registry.method(request.method), registry.task(request.task)
+    base = _base_config(request, method, task, data)
     weights = {}
-    for name in method.pretraining:
+    for name in method.pretraining if stages is None else stages:
         stage = registry.stage(name)
         key = json.dumps({"stage": stage.name, "config": stage.config, "preset": request.preset,
                           "overrides": dict(request.overrides), "seed": request.seed,
@@ -178,15 +211,20 @@ def _stage_weights(registry: Registry, method: MethodSpec, task: TaskSpec, data:
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = Path(request.out) / "stages" / data.fingerprint[:16] / f"{name}-{digest}.pt"
-        if path.exists():
-            weights[name] = load_checkpoint(path)
+        cached = distributed.from_main(_load_if_exists, path)
+        if cached is not None:
+            weights[name] = cached
             continue
         context = _StageContext(task, data, request, name, base, progress)
         torch.manual_seed(request.seed)
         state = dict(stage.run(context))
-        save_checkpoint(path, state)
+        distributed.from_main(save_checkpoint, path, state)
         weights[name] = state
     return weights
+
+
+def _load_if_exists(path: Path) -> Any:
+    return load_checkpoint(path) if path.exists() else None
 
 
 def _predictions_frame(stay_ids: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
@@ -243,19 +281,17 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
         progress: live display.
 
     Returns:
-        The result dicts, paired test cohort first.
+        The result dicts, paired test cohort first (on every rank of a torchrun run).
     """
     task, method = registry.task(request.task), registry.method(request.method)
     cohort = _cohort_of(request, method)
     folder = run_dir(request, method, data)
-    if resume and (done := finished_results(folder)):
+    if resume and (done := distributed.from_main(finished_results, folder)):
         return done
-    (folder / "failed.json").unlink(missing_ok=True)
-    hparams = _resolved_hparams(request, method)
-    base = ModelConfig(task=task.name, num_classes=task.num_classes,
-                       image_size=data.config.image_size, cxr_weights=request.cxr_weights,
-                       hparams=hparams)
-    pretrained = _stage_weights(registry, method, task, data, request, base, progress)
+    distributed.from_main((folder / "failed.json").unlink, missing_ok=True)
+    base = _base_config(request, method, task, data)
+    hparams = dict(base.hparams)
+    pretrained = pretrain(registry, request, data, progress=progress)
     device = torch.device(request.device)
     torch.manual_seed(request.seed)
     model = method.build(ModelConfig(**{**base.__dict__, "pretrained": pretrained})).to(device)
@@ -272,11 +308,10 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
     )
     model.load_state_dict(outcome.best_state)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    results = []
-    for test_cohort in COHORTS:
-        view = data.cohort("test", test_cohort)
-        probabilities, labels = predict(model, view, int(hparams.get("batch_size", 16)), device)
-        _check_outputs(probabilities, method, task.num_classes)
+
+    def record(test_cohort: str, view: Any, probabilities: np.ndarray,
+               labels: np.ndarray) -> dict[str, Any]:
+        """Write the predictions and the result of one test cohort; return the result."""
         predictions = folder / f"predictions-{test_cohort}.csv"
         buffer = io.StringIO()
         _predictions_frame(view.stay_ids, probabilities, labels, task).to_csv(buffer, index=False)
@@ -311,13 +346,21 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
             "training": {"seconds": round(outcome.seconds, 3), "best_epoch": outcome.best_epoch,
                          "epochs_run": outcome.epochs_run,
                          "best_val_auroc": _finite_or_none(outcome.best_score),
-                         "history": _jsonable(outcome.history)},
+                         "history": _jsonable(outcome.history),
+                         "world_size": distributed.world_size()},
             "predictions": {"file": predictions.name, "sha256": sha256_file(predictions)},
             "environment": environment(request.device),
             "status": "ok",
         }
         write_result(folder / f"result-{test_cohort}.json", result)
-        results.append(result)
+        return result
+
+    results = []
+    for test_cohort in COHORTS:
+        view = data.cohort("test", test_cohort)
+        probabilities, labels = predict(model, view, int(hparams.get("batch_size", 16)), device)
+        _check_outputs(probabilities, method, task.num_classes)
+        results.append(distributed.from_main(record, test_cohort, view, probabilities, labels))
     return results
 
 
@@ -346,7 +389,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def record_failure(folder: Path, error: BaseException) -> None:
-    """Write ``failed.json`` so the leaderboard can list the run as failed, with its reason."""
+    """Write ``failed.json`` so the leaderboard can list the run as failed, with its reason.
+
+    Rank 0 alone writes it in a torchrun run (a failure may strike the ranks unevenly, so this
+    is no collective).
+    """
+    if not distributed.is_main():
+        return
     atomic_write_json(folder / "failed.json", {
         "created": utc_now(), "error": f"{type(error).__name__}: {error}".splitlines()[0],
     })

@@ -31,6 +31,7 @@ from typing import Any, Literal
 __all__ = [
     "COHORTS",
     "Cohort",
+    "ExecutorSpec",
     "MethodSpec",
     "ModelConfig",
     "PretrainingStage",
@@ -176,5 +177,33 @@ class PretrainingStage:
     description: str
     run: Callable[[Any], Mapping[str, Any]]
     config: Mapping[str, Any] = field(default_factory=dict)
+    distribution: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """An engine that runs the leaderboard grid's jobs (``fusebench leaderboard --executor``).
+
+    The harness turns the grid into picklable :class:`benchmark.executors.GridJob` values and
+    hands them to the executor; each job is run by :func:`benchmark.executors.run_job` wherever
+    the executor places it (a thread of this process, another process, a SLURM job, a Ray task),
+    and writes its files into the run folders under ``--out``, which must be visible to the
+    workers. The executor reports every job back as it ends; the harness then rebuilds the
+    leaderboard from the result files, under its file lock.
+
+    Attributes:
+        name: unique name used with ``--executor``.
+        description: one line.
+        run: ``run(jobs, settings, report)``: run every job of the sequence, calling
+            ``report(outcome)`` in the calling process for each one as it ends, with the
+            :class:`benchmark.executors.JobOutcome` that ``run_job`` returned, or
+            :meth:`JobOutcome.lost` when the worker died and no retry was left.
+            ``settings`` is a :class:`benchmark.executors.ExecutorSettings`.
+    """
+
+    name: str
+    description: str
+    run: Callable[[Any, Any, Callable[[Any], None]], None]
     distribution: str = ""
     version: str = ""

@@ -2,6 +2,12 @@
 
 Shared by the training loop, the throughput benchmark and the conformance suite so that all three
 exercise the same code.
+
+Under torchrun the training loop passes the model wrapped in DistributedDataParallel: the default
+step runs through the wrapper, which averages gradients across ranks during backward; a method's
+hook gets the plain module (it may check the model's type and call its own methods, which DDP
+would not synchronise), and each of its ``optimizer.step()`` calls first averages the gradients
+of that optimizer's parameters across ranks (:func:`benchmark.distributed.averaging_gradients`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark import distributed
 from benchmark.registry import Registry
 from benchmark.specs import MethodSpec
 
@@ -70,10 +77,14 @@ def training_step(
     batch: Mapping[str, torch.Tensor],
     optimizers: Sequence[torch.optim.Optimizer],
 ) -> torch.Tensor:
-    """Run one training step (the method's hook or the default) and return the detached loss."""
-    loss = registry.manager.hook.fusebench_training_step(
-        method=method, model=model, batch=batch, optimizers=optimizers
-    )
+    """Run one training step (the method's hook or the default) and return the detached loss.
+
+    ``model`` may be DDP-wrapped (see the module docstring): the hook gets the plain module.
+    """
+    with distributed.averaging_gradients(optimizers):
+        loss = registry.manager.hook.fusebench_training_step(
+            method=method, model=distributed.unwrap(model), batch=batch, optimizers=optimizers
+        )
     if loss is not None:
         return loss.detach()
     return default_training_step(model, batch, optimizers)

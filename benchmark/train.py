@@ -4,6 +4,12 @@ Each epoch re-seeds torch from ``(seed, epoch)`` and the batch order from the sa
 resumed from the checkpoint of epoch k continues exactly as the uninterrupted run would have.
 Validation computes point metrics only (macro AUROC and loss); the bootstrap runs once, on the
 test predictions.
+
+Under torchrun (see :mod:`benchmark.distributed`) the ranks train one model: each epoch's order is
+sharded over the ranks, each rank steps on ``batch_size // world_size`` rows (at least 1) so that
+one optimisation step sees the recipe's global batch and an epoch takes as many steps as in a
+single process (the learning rate stays the recipe's); validation is gathered so that every rank
+takes the same early-stopping and learning-rate decisions; rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark import distributed
 from benchmark.checkpoints import load_checkpoint, save_checkpoint
 from benchmark.metrics import auroc
 from benchmark.progress import RunProgress
 
 __all__ = ["FitOutcome", "StepFunction", "epoch_seed", "fit", "macro_auroc", "predict"]
 
-# step(model, batch, optimizers) -> detached loss
+# step(model, batch, optimizers) -> detached loss; under torchrun the model is DDP-wrapped
 StepFunction = Callable[[nn.Module, Mapping[str, torch.Tensor], list], torch.Tensor]
 
 
@@ -67,17 +74,23 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
 def predict(
     model: nn.Module, view: Any, batch_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels of every row of ``view``, in the view's order."""
+    """Sigmoid probabilities and labels of every row of ``view``, in the view's order.
+
+    Under torchrun each rank predicts its shard and every rank returns all rows, each once.
+    """
     model.eval()
+    rank, world_size = distributed.rank(), distributed.world_size()
     probabilities, labels = [], []
-    for batch in view.batches(batch_size, shuffle=False, augment=False):
+    for batch in view.batches(batch_size, shuffle=False, augment=False, rank=rank,
+                              world_size=world_size):
         logits = model(_to_device(batch, device))
         probabilities.append(torch.sigmoid(logits.float()).cpu().numpy())
         labels.append(batch["y"].numpy())
     width = view.labels.shape[1]
     if not probabilities:
         return np.zeros((0, width), np.float32), np.zeros((0, width), np.float32)
-    return np.concatenate(probabilities), np.concatenate(labels)
+    return (distributed.gather_shards(np.concatenate(probabilities), len(view)),
+            distributed.gather_shards(np.concatenate(labels), len(view)))
 
 
 def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -113,7 +126,8 @@ def fit(
     """Train ``model`` on ``train``, selecting the epoch with the best validation macro AUROC.
 
     Args:
-        model: the model, already on ``device``.
+        model: the model, already on ``device``; under torchrun ``step`` gets it wrapped by
+            :func:`benchmark.distributed.wrap_model`.
         train: a cohort view with ``batches(...)``, ``labels``.
         val: the validation view.
         hparams: ``epochs``, ``batch_size``, ``patience`` (early stopping, epochs without a
@@ -123,7 +137,8 @@ def fit(
         step: one training step, returning the detached loss.
         device: where the model lives.
         seed: run seed; every epoch is seeded from it.
-        checkpoint: where the state after each epoch is saved (atomically); None: nowhere.
+        checkpoint: where the state after each epoch is saved (atomically, by rank 0);
+            None: nowhere.
         resume: continue from ``checkpoint`` if it exists.
         progress: live progress display.
         description: label of the progress bar.
@@ -145,16 +160,25 @@ def fit(
         "epoch": 0, "best_score": -np.inf, "best_epoch": 0, "since_best": 0, "seconds": 0.0,
         "history": [], "best_state": copy.deepcopy(model.state_dict()),
     }
-    if resume and checkpoint is not None and checkpoint.exists():
-        state = _restore(checkpoint, model, optimizers, schedulers)
-    steps_per_epoch = -(-len(train) // batch_size)
+    if resume and checkpoint is not None:
+        saved = distributed.from_main(_load_if_exists, checkpoint)
+        if saved is not None:
+            state = _restore(saved, model, optimizers, schedulers)
+    trained = distributed.wrap_model(model)
+    world_size = distributed.world_size()
+    rank_batch_size = max(1, batch_size // world_size)
+    rows_per_rank = -(-len(train) // world_size)
+    steps_per_epoch = -(-rows_per_rank // rank_batch_size)
     if progress is not None:
         progress.start_fit(description, epochs, steps_per_epoch, completed=state["epoch"])
     while state["epoch"] < epochs and state["since_best"] < patience:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        train_loss = _train_epoch(model, train, batch_size, optimizers, step, device,
+        train_loss = _train_epoch(trained, train, rank_batch_size, optimizers, step, device,
                                   epoch_seed(seed, epoch), progress)
+        # The ranks' losses are means over equally many batches: their mean is the epoch's.
+        train_loss = float(np.mean(distributed.all_gather_object(train_loss)))
+        distributed.broadcast_buffers(model)
         probabilities, labels = predict(model, val, batch_size, device)
         val_loss = _validation_loss(labels, probabilities)
         val_auroc = macro_auroc(labels, probabilities)
@@ -174,7 +198,7 @@ def fit(
             "lr": [group["lr"] for o in optimizers for group in o.param_groups],
         })
         if checkpoint is not None:
-            _save(checkpoint, state, model, optimizers, schedulers)
+            distributed.from_main(_save, checkpoint, state, model, optimizers, schedulers)
         if progress is not None:
             progress.end_epoch(epoch, val_auroc, state["best_score"])
     return FitOutcome(
@@ -192,9 +216,11 @@ def _train_epoch(
     device: torch.device, seed: int, progress: RunProgress | None,
 ) -> float:
     model.train()
-    torch.manual_seed(seed)
+    rank, world_size = distributed.rank(), distributed.world_size()
+    torch.manual_seed(distributed.shard_seed(seed, rank, world_size))
     losses = []
-    for batch in train.batches(batch_size, shuffle=True, seed=seed, augment=True):
+    for batch in train.batches(batch_size, shuffle=True, seed=seed, augment=True, rank=rank,
+                               world_size=world_size):
         loss = step(model, _to_device(batch, device), optimizers)
         losses.append(float(loss))
         if progress is not None:
@@ -211,8 +237,11 @@ def _save(path: Path, state: dict, model: nn.Module, optimizers: list, scheduler
     })
 
 
-def _restore(path: Path, model: nn.Module, optimizers: list, schedulers: list) -> dict:
-    saved = load_checkpoint(path)
+def _load_if_exists(path: Path) -> dict | None:
+    return load_checkpoint(path) if path.exists() else None
+
+
+def _restore(saved: dict, model: nn.Module, optimizers: list, schedulers: list) -> dict:
     model.load_state_dict(saved.pop("model"))
     for optimizer, optimizer_state in zip(optimizers, saved.pop("optimizers"), strict=True):
         optimizer.load_state_dict(optimizer_state)

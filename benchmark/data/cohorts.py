@@ -31,6 +31,7 @@ from benchmark.data.images import augment_batch, decode_images, to_model_input
 from benchmark.data.layout import CHEXPERT_LABELS, CXR_FILES, SPLITS, DataConfig, require_file
 from benchmark.data.pairing import pair_images, radiology_table, read_cxr_metadata
 from benchmark.data.readers import check_unique_stays, read_all_stays, read_listfile
+from benchmark.distributed import shard_indices, shard_seed
 from benchmark.errors import FusebenchError
 from benchmark.progress import make_progress
 from benchmark.specs import TaskSpec
@@ -63,7 +64,8 @@ class CohortView:
         return len(self._rows)
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, augment: bool = False,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+                device: torch.device | str = "cpu", rank: int = 0,
+                world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the contract in :mod:`benchmark.specs`, read from the cache only.
 
         Args:
@@ -72,11 +74,18 @@ class CohortView:
             seed: same seed -> same order and same augmentation.
             augment: apply the training transforms (flip + affine) to the images.
             device: where the tensors go (``ehr_lengths`` stays on the CPU).
+            rank: with ``world_size`` > 1, serve only this rank's shard of the order
+                (:func:`benchmark.distributed.shard_indices`), augmented from the rank's own
+                seed (:func:`benchmark.distributed.shard_seed`).
+            world_size: number of ranks sharing the rows.
         """
         generator = torch.Generator().manual_seed(int(seed))
         order = (torch.randperm(len(self), generator=generator).numpy() if shuffle
                  else np.arange(len(self)))
-        for start in range(0, len(self), batch_size):
+        if world_size > 1:
+            order = shard_indices(order, rank, world_size)
+            generator.manual_seed(shard_seed(int(seed), rank, world_size))
+        for start in range(0, len(order), batch_size):
             picked = order[start:start + batch_size]
             batch = {"cxr": self._cxr(picked, augment, generator, device),
                      "has_cxr": torch.from_numpy(self.has_cxr[picked]).to(device),

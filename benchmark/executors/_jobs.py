@@ -1,0 +1,162 @@
+"""Grid jobs as picklable values, and the function every executor runs for one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.progress import Progress
+
+from benchmark.data import DataConfig, prepare
+from benchmark.progress import RunProgress
+from benchmark.registry import extra_plugins, get_registry, set_extra_plugins
+from benchmark.results import atomic_write_bytes
+from benchmark.runner import (
+    RunRequest,
+    execute_run,
+    finished_results,
+    pretrain,
+    record_failure,
+    run_dir,
+)
+
+__all__ = ["ExecutorSettings", "GridJob", "JobOutcome", "land_files", "run_job"]
+
+# What a finished run leaves for the leaderboard (the checkpoint stays with the worker).
+_RESULT_FILES = ("result-paired.json", "result-partial.json", "predictions-paired.csv",
+                 "predictions-partial.csv", "failed.json")
+
+
+@dataclass(frozen=True)
+class GridJob:
+    """One unit of grid work, self-contained so that another process or machine can run it.
+
+    Attributes:
+        kind: ``"run"`` (train and score one grid entry) or ``"stage"`` (compute one pretraining
+            stage's weights, shared by every run of the grid that lists it).
+        request: the run (task, method, training cohort, seed, preset, ``out``...). For a stage
+            job, the first method of the grid that lists the stage.
+        data_config: the data to prepare (its cache is already built by the driver).
+        plugins: ``--plugin`` modules the worker must load as well.
+        stage: the stage name of a ``"stage"`` job.
+    """
+
+    kind: Literal["run", "stage"]
+    request: RunRequest
+    data_config: DataConfig
+    plugins: tuple[str, ...] = ()
+    stage: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A line naming the job for people."""
+        r = self.request
+        if self.kind == "stage":
+            return f"stage {self.stage} for {r.task} (seed {r.seed})"
+        return f"{r.method} on {r.task} ({r.train_cohort}, seed {r.seed})"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended, as the worker (or the executor, for a dead worker) reports it.
+
+    Attributes:
+        job: the job.
+        status: ``finished``, ``done-already`` (valid results were there), ``failed`` (the method
+            raised or misbehaved: recorded in ``failed.json``) or ``lost`` (the worker died and no
+            retry was left).
+        reason: the error line of a ``failed`` or ``lost`` job.
+        files: the run folder's result and prediction files by name, so that a driver that does
+            not share the worker's file system still receives them.
+    """
+
+    job: GridJob
+    status: Literal["finished", "done-already", "failed", "lost"]
+    reason: str = ""
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def lost(cls, job: GridJob, reason: str) -> JobOutcome:
+        """The outcome of a job whose worker died (after any retries)."""
+        return cls(job, "lost", reason.strip().splitlines()[0] if reason.strip() else "?")
+
+
+@dataclass
+class ExecutorSettings:
+    """What ``fusebench leaderboard`` tells the executor.
+
+    Attributes:
+        jobs: grid entries run at once (``--jobs``; the local executor's process count).
+        retries: resubmissions of a job whose worker died.
+        log_dir: folder for per-job logs (``--out``/logs).
+        options: executor-specific settings (``--slurm-partition`` ... and ``--executor-option
+            KEY=VALUE``), e.g. ``partition``, ``gpus``, ``time_min``, ``cluster``, ``address``.
+        display: the grid's live progress display, for executors that run jobs in this process.
+    """
+
+    jobs: int = 1
+    retries: int = 1
+    log_dir: Path = Path("runs/logs")
+    options: Mapping[str, Any] = field(default_factory=dict)
+    display: Progress | None = None
+
+
+def run_job(job: GridJob, display: Progress | None = None) -> JobOutcome:
+    """Run one job where it stands (a worker process, a SLURM job, a Ray task, or here).
+
+    A method that raises or returns bad outputs is recorded as failed (``failed.json``) and the
+    job still returns; a run interrupted earlier resumes from its checkpoint; a run with valid
+    results is not recomputed.
+
+    Args:
+        job: the job.
+        display: a live progress display to add this run's bars to (in-process runs only).
+
+    Returns:
+        The :class:`JobOutcome`.
+    """
+    if extra_plugins() != job.plugins:
+        set_extra_plugins(job.plugins)
+    registry = get_registry()
+    data = prepare(job.data_config, registry.task(job.request.task), progress=False)
+    folder = run_dir(job.request, registry.method(job.request.method), data)
+    if job.kind == "run" and finished_results(folder):
+        return JobOutcome(job, "done-already", files=_files(folder))
+    try:
+        with RunProgress(display) as progress:
+            if job.kind == "stage":
+                pretrain(registry, job.request, data, stages=(job.stage,), progress=progress)
+                return JobOutcome(job, "finished")
+            execute_run(registry, job.request, data, resume=True, progress=progress)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # one failing method must not stop the grid
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        if job.kind == "stage":  # the runs that need it fail, and are recorded, in their turn
+            return JobOutcome(job, "failed", reason)
+        record_failure(folder, error)
+        return JobOutcome(job, "failed", reason, files=_files(folder))
+    return JobOutcome(job, "finished", files=_files(folder))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in _RESULT_FILES
+            if (folder / name).exists()}
+
+
+def land_files(outcome: JobOutcome, folder: Path) -> None:
+    """Write the files a worker returned into ``folder`` where they are not there already.
+
+    A worker on a machine without the driver's file system wrote its run folder elsewhere; its
+    files arrive here and are written atomically. Files already present (a shared file system)
+    are left as they are.
+
+    Raises:
+        FusebenchError: ``folder`` cannot be written.
+    """
+    for name, content in outcome.files.items():
+        if not (folder / name).exists():
+            atomic_write_bytes(folder / name, content)
+

@@ -1,0 +1,68 @@
+"""The ``local`` executor: grid jobs on this machine, one at a time or in ``--jobs`` processes.
+
+With ``--jobs 1`` (the default) jobs run in this process and show their epoch and batch bars.
+With ``--jobs N`` up to N jobs run at once, each in a worker process of its own (spawned: a forked
+process would inherit torch's thread pools and CUDA state), limited to its share of the CPU
+cores. A job whose worker dies (killed, out of memory) is started again in a new process, up to
+``--retries`` times, and resumes from its checkpoint; then it is reported as lost.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
+
+from benchmark.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
+from benchmark.hookspecs import hookimpl
+from benchmark.specs import ExecutorSpec
+
+__all__ = ["run_local"]
+
+
+def run_local(jobs: Sequence[GridJob], settings: ExecutorSettings,
+              report: Callable[[JobOutcome], None]) -> None:
+    """Run ``jobs`` here (``settings.jobs == 1``) or each in a worker process of its own."""
+    if settings.jobs == 1:
+        for job in jobs:
+            report(run_job(job, settings.display))
+        return
+    threads = max(1, (os.cpu_count() or 1) // settings.jobs)
+    context = multiprocessing.get_context("spawn")
+    queue = deque((index, 0) for index in range(len(jobs)))  # (job, attempt)
+    running: dict[Future, tuple[int, int, ProcessPoolExecutor]] = {}
+    while queue or running:
+        while queue and len(running) < settings.jobs:
+            index, attempt = queue.popleft()
+            # One process per job: a worker that dies takes no other job down with it.
+            worker = ProcessPoolExecutor(1, mp_context=context, initializer=torch.set_num_threads,
+                                         initargs=(threads,))
+            running[worker.submit(run_job, jobs[index])] = (index, attempt, worker)
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            index, attempt, worker = running.pop(future)
+            worker.shutdown()
+            try:
+                report(future.result())
+            except BrokenProcessPool:
+                if attempt < settings.retries:
+                    queue.append((index, attempt + 1))
+                else:
+                    report(JobOutcome.lost(jobs[index], "its worker process died (killed or out "
+                                           "of memory?); rerun the leaderboard to resume it"))
+
+
+@hookimpl
+def fusebench_register_executors() -> list[ExecutorSpec]:
+    """``local``."""
+    return [ExecutorSpec(
+        name="local",
+        description="This machine: one job at a time in this process, or --jobs N worker "
+        "processes sharing the CPU cores.",
+        run=run_local,
+    )]

@@ -1,0 +1,77 @@
+"""Forest plots of a leaderboard: AUROC and AUPRC with their 95% CIs per method and test cohort.
+
+matplotlib is an optional extra (``pip install 'fusebench[plot]'``); without it no plot is drawn
+and nothing else changes: the JSON and Markdown tables never depend on it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmark.leaderboard import summary_rows
+from benchmark.specs import COHORTS
+
+__all__ = ["save_forest_plot"]
+
+_METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"))
+
+
+def save_forest_plot(board: dict[str, Any], path: Path) -> Path | None:
+    """Draw ``board`` as a forest plot into ``path`` (PNG), atomically.
+
+    One panel per test cohort (rows) and metric (columns); one line per method and training
+    cohort, ranked as in the tables, with the point estimate and its bootstrap 95% CI.
+
+    Args:
+        board: a leaderboard as written by :func:`benchmark.leaderboard.rebuild_leaderboard`.
+        path: the PNG file to write.
+
+    Returns:
+        ``path``, or None when matplotlib is not installed or the board has no entry.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = {cohort: summary_rows(board, cohort) for cohort in COHORTS}
+    height = max(len(rows) for rows in panels.values())
+    if height == 0:
+        return None
+    figure, axes = plt.subplots(len(COHORTS), len(_METRICS), squeeze=False,
+                                figsize=(10, 1.2 + 0.35 * height * len(COHORTS)))
+    for row, cohort in enumerate(COHORTS):
+        entries = panels[cohort]
+        names = [f"{r['method']} ({r['train_cohort']})" for r in entries]
+        for column, (key, title) in enumerate(_METRICS):
+            ax = axes[row][column]
+            for y, entry in enumerate(entries):
+                value, (low, high) = entry[key]["value"], entry[key]["ci"] or (None, None)
+                if value is None:
+                    continue
+                if low is not None and high is not None:
+                    ax.plot([low, high], [y, y], color="tab:blue", linewidth=1.5)
+                ax.plot([value], [y], "o", color="tab:blue", markersize=4)
+            ax.set_yticks(range(len(entries)), names if column == 0 else [""] * len(entries))
+            ax.invert_yaxis()
+            ax.set_xlim(0, 1)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title(f"{title}, test cohort {cohort}", fontsize=9)
+    demo = " (synthetic demo data, not MIMIC)" if board["dataset"].get("is_demo") else ""
+    figure.suptitle(f"{board['task']} on {board['dataset']['name']}{demo}", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png", dpi=110)
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        Path(temporary).unlink(missing_ok=True)
+    return path

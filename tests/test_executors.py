@@ -1,0 +1,177 @@
+"""Executors of the leaderboard grid: local processes, SLURM (submitit's local cluster), Ray, and
+an executor registered by an outside plugin; shared stages once; a killed worker loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from benchmark.data import DataConfig
+from benchmark.executors import GridJob
+from benchmark.grid import _stage_jobs
+from benchmark.leaderboard import load_leaderboard
+from benchmark.registry import load_registry
+from benchmark.runner import RunRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+IHM = "in-hospital-mortality"
+PLUGINS = ["--plugin", "tests.fixtures.faulty_methods", "--plugin", "tests.fixtures.inline_executor"]
+
+
+def leaderboard(data: Path, folder: Path, *options: str, methods: str = "uni-ehr",
+                env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``fusebench leaderboard`` on the tiny demo data, run from the repository (for the plugins)."""
+    command = [sys.executable, "-m", "benchmark.cli", *PLUGINS, "leaderboard", "--methods",
+               methods, "--tasks", IHM, "--data-root", str(data), "--out", str(folder / "runs"),
+               "--leaderboard-dir", str(folder), "--preset", "quick", "--epochs", "1",
+               "--n-resamples", "50", *options]
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                             env={**os.environ, **(env or {})})
+    if check and process.returncode != 0:
+        raise AssertionError(f"leaderboard {' '.join(options)} failed:\n{process.stderr[-3000:]}")
+    return process
+
+
+def board_of(folder: Path) -> dict:
+    board = load_leaderboard(folder / "leaderboards" / "demo" / f"{IHM}.json")
+    assert board is not None
+    return board
+
+
+def metrics_by_entry(folder: Path) -> dict[tuple, tuple[float, float]]:
+    """(method, train cohort, test cohort) -> (macro AUROC, macro AUPRC)."""
+    return {
+        (e["method"], e["train_cohort"], e["test_cohort"]):
+            (e["result"]["metrics"]["auroc"]["macro"]["value"],
+             e["result"]["metrics"]["auprc"]["macro"]["value"])
+        for e in board_of(folder)["entries"]
+    }
+
+
+@pytest.fixture(scope="module")
+def local_grid(demo_tiny_root, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("local-grid")
+    leaderboard(demo_tiny_root, folder)
+    return folder
+
+
+def same_leaderboard(folder: Path, reference: Path) -> None:
+    """Same entries with the same metrics. Workers may use fewer torch threads than the
+    in-process run, which changes float rounding but not the rank-based metrics (to 1e-6)."""
+    ours, theirs = metrics_by_entry(folder), metrics_by_entry(reference)
+    assert ours.keys() == theirs.keys() and len(ours) == 4
+    for key, values in theirs.items():
+        assert ours[key] == pytest.approx(values, abs=1e-6), key
+
+
+def test_builtin_executors_register_through_the_entry_point_group():
+    registry = load_registry()
+    assert {"local", "slurm", "ray"} <= set(registry.executors)
+    assert registry.executor("slurm").distribution == "fusebench"
+
+
+def test_shared_pretraining_stages_become_one_job_per_task_seed_and_stage():
+    registry = load_registry()
+    jobs = [GridJob("run", RunRequest(task=IHM, method=m, train_cohort="paired", seed=seed),
+                    DataConfig(Path("ehr"), Path("cxr")))
+            for m in ("early", "joint", "mmtm", "uni-ehr") for seed in (0, 1)]
+    stage_jobs = _stage_jobs(registry, jobs)
+    assert sorted((j.stage, j.request.seed) for j in stage_jobs) == [
+        ("cxr-radiology", 0), ("cxr-radiology", 1), ("ehr-uni", 0), ("ehr-uni", 1)]
+    assert all(j.kind == "stage" for j in stage_jobs)
+
+
+def test_slurm_executor_on_submitits_local_cluster_gives_the_local_leaderboard(
+        demo_tiny_root, local_grid, tmp_path):
+    leaderboard(demo_tiny_root, tmp_path, "--executor", "slurm", "--executor-option",
+                "cluster=local", "--slurm-time", "10")
+    same_leaderboard(tmp_path, local_grid)
+    logs = sorted((tmp_path / "runs" / "logs" / "slurm").glob("*_0_log.out"))
+    assert len(logs) == 2  # one job, with its own log, per grid entry
+
+
+@pytest.fixture
+def ray_address():
+    """A Ray head on loopback started for this test, stopped after it."""
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    if ray is None:
+        pytest.skip("Ray is not installed (pip install 'fusebench[ray]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Ray's Unix sockets live under --temp-dir, whose path must stay short (108 bytes in all).
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                            str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                            "--disable-usage-stats", "--temp-dir", temp],
+                           capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    yield f"127.0.0.1:{port}"
+    subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_executor_on_a_local_ray_instance_gives_the_local_leaderboard(
+        demo_tiny_root, local_grid, tmp_path, ray_address):
+    leaderboard(demo_tiny_root, tmp_path, "--executor", "ray", "--ray-address", ray_address)
+    same_leaderboard(tmp_path, local_grid)
+
+
+def test_an_executor_from_an_outside_plugin_runs_the_grid(demo_tiny_root, local_grid, tmp_path):
+    process = leaderboard(demo_tiny_root, tmp_path, "--executor", "inline-reversed")
+    same_leaderboard(tmp_path, local_grid)
+    ran = json.loads((tmp_path / "runs" / "inline-reversed.json").read_text())
+    assert ran == ["uni-ehr on in-hospital-mortality (paired, seed 0)",
+                   "uni-ehr on in-hospital-mortality (partial, seed 0)"]
+    assert "finished: uni-ehr" in process.stderr
+
+
+def digests(folder: Path, method: str) -> dict[str, str]:
+    files = sorted((folder / "runs" / "demo" / IHM / method).glob("*/seed0/*-*.*"))
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_killed_worker_loses_no_finished_entry_and_a_rerun_completes_the_grid(
+        demo_tiny_root, tmp_path):
+    args = ("--executor", "local", "--jobs", "2", "--retries", "1")
+    dying = leaderboard(demo_tiny_root, tmp_path, *args, methods="kill-ehr,uni-ehr",
+                        env={"FUSEBENCH_TEST_KILL_AT_BATCH": "1"}, check=False)
+    assert dying.returncode == 2
+    assert dying.stderr.count("lost (worker died): kill-ehr") == 2
+    assert "2 grid job(s) lost" in dying.stderr and "Traceback" not in dying.stderr
+    assert {key[0] for key in metrics_by_entry(tmp_path)} == {"uni-ehr"}
+    finished = digests(tmp_path, "uni-ehr")
+    assert len(finished) == 8  # two runs x (two results + two predictions)
+
+    again = leaderboard(demo_tiny_root, tmp_path, *args, methods="kill-ehr,uni-ehr")
+    assert again.stderr.count("done already: uni-ehr") == 2
+    assert digests(tmp_path, "uni-ehr") == finished
+    assert {key[0] for key in metrics_by_entry(tmp_path)} == {"kill-ehr", "uni-ehr"}
+    assert len(metrics_by_entry(tmp_path)) == 8
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--executor", "slurmm"), "unknown executor 'slurmm': did you mean slurm"),
+    (("--executor-option", "cluster"), "--executor-option 'cluster': write KEY=VALUE"),
+    (("--jobs", "0"), "--jobs"),
+])
+def test_bad_executor_input_is_a_one_line_error(demo_tiny_root, tmp_path, options, message):
+    process = leaderboard(demo_tiny_root, tmp_path, *options, check=False)
+    assert process.returncode == 2
+    assert message in process.stderr and "Traceback" not in process.stderr
+
+
+def test_the_grid_saves_a_forest_plot_beside_the_tables(local_grid):
+    pytest.importorskip("matplotlib")
+    folder = local_grid / "leaderboards" / "demo"
+    assert (folder / f"{IHM}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / f"{IHM}.md").exists()
