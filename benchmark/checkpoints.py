@@ -1,6 +1,8 @@
 """Checkpoints written atomically with a SHA-256 sidecar and loaded with ``weights_only=True``.
 
 A truncated or altered checkpoint is detected before torch reads it and reported with the way out.
+The sidecar is written before the data; it also vouches for the checkpoint it replaces, so a
+process killed between the two writes leaves the previous (verified) checkpoint usable.
 """
 
 from __future__ import annotations
@@ -23,15 +25,40 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256.json")
 
 
+def _digest(data: bytes) -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _vouched(sidecar: Any) -> list[Any]:
+    """The digests a sidecar accepts: the newest, then the one of the checkpoint it replaced."""
+    if not isinstance(sidecar, dict):
+        return []
+    previous = sidecar.get("previous")
+    return [{k: sidecar.get(k) for k in ("sha256", "bytes")},
+            *(previous if isinstance(previous, list) else [])]
+
+
+def _current_digest(path: Path) -> dict[str, Any] | None:
+    """The digest of the checkpoint now at ``path`` if its sidecar vouches for it, else None."""
+    try:
+        current = _digest(path.read_bytes())
+        vouched = _vouched(json.loads(_sidecar(path).read_text()))
+    except (OSError, ValueError):
+        return None
+    return current if current in vouched else None
+
+
 def save_checkpoint(path: Path, payload: Any) -> None:
     """Serialise ``payload`` with torch and write it and its checksum atomically."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
     # The checksum names the bytes it vouches for; written first so a crash between the two
-    # writes leaves a mismatch (detected) rather than an unverified file.
-    atomic_write_json(_sidecar(path), {"sha256": hashlib.sha256(data).hexdigest(),
-                                       "bytes": len(data)})
+    # writes never leaves an unverified file. It keeps vouching for the verified checkpoint
+    # still in place until the new data replaces it, so such a crash loses one epoch, not all.
+    previous = _current_digest(path)
+    atomic_write_json(_sidecar(path), {**_digest(data),
+                                       "previous": [previous] if previous else []})
     atomic_write_bytes(path, data)
 
 
@@ -48,9 +75,7 @@ def load_checkpoint(path: Path) -> Any:
         data = path.read_bytes()
     except (OSError, json.JSONDecodeError) as error:
         raise FusebenchError(f"checkpoint {path} cannot be verified ({error}); {way_out}") from error
-    if len(data) != expected.get("bytes") or hashlib.sha256(data).hexdigest() != expected.get(
-        "sha256"
-    ):
+    if _digest(data) not in _vouched(expected):
         raise FusebenchError(f"checkpoint {path} is damaged (checksum mismatch); {way_out}")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -4,7 +4,8 @@
 seed), each carrying its full result, and the runs that failed with their reason. It is rebuilt
 from the run folders after every finished grid entry and changed only under a file lock with an
 atomic replace, so concurrent writers and a killed process never leave a broken file. Submitted
-results (``fusebench leaderboard merge``) are kept across rebuilds.
+results (``fusebench leaderboard merge``) are kept across rebuilds, and so are the entries of
+other run folders (``runs`` of an entry: another grid writing the same leaderboard).
 """
 
 from __future__ import annotations
@@ -81,17 +82,26 @@ def _local_results(runs: Path, dataset: str, task: str, fingerprint: str
     results, failed = [], []
     base = Path(runs) / dataset / task
     for folder in sorted(base.glob("*/*/seed*")):
+        run = {"method": folder.parent.parent.name, "train_cohort": folder.parent.name,
+               "seed": int(folder.name.removeprefix("seed"))}
         failure = folder / "failed.json"
         if failure.exists():
-            method, cohort = folder.parent.parent.name, folder.parent.name
-            reason = json.loads(failure.read_text()).get("error", "?")
-            failed.append({"method": method, "train_cohort": cohort,
-                           "seed": int(folder.name.removeprefix("seed")), "error": reason})
+            try:
+                reason = json.loads(failure.read_text()).get("error", "?")
+            except (ValueError, AttributeError):
+                reason = f"{failure.name} is unreadable"
+            failed.append({**run, "error": reason})
             continue
         for cohort in COHORTS:
             path = folder / f"result-{cohort}.json"
             if path.exists():
-                result = read_result(path)
+                try:
+                    result = read_result(path)
+                except FusebenchError as error:
+                    # Never loaded, never fatal: the grid reruns the entry (its results are not
+                    # finished_results), so one damaged file must not stop the leaderboard.
+                    failed.append({**run, "error": str(error)})
+                    continue
                 if result["dataset"]["fingerprint"] == fingerprint:
                     results.append((result, folder))
     return results, failed
@@ -123,8 +133,9 @@ def _differences(results: list[tuple[dict, Path]], task: TaskSpec, n_resamples: 
     return differences
 
 
-def _entry(result: dict[str, Any], source: str, difference: dict | None) -> dict[str, Any]:
-    return {
+def _entry(result: dict[str, Any], source: str, difference: dict | None,
+           runs: str | None = None) -> dict[str, Any]:
+    entry = {
         "method": result["method"]["name"],
         "distribution": result["method"]["distribution"],
         "train_cohort": result["train_cohort"],
@@ -136,6 +147,15 @@ def _entry(result: dict[str, Any], source: str, difference: dict | None) -> dict
         "source": source,
         "result": result,
     }
+    if runs is not None:
+        entry["runs"] = runs  # the run folder root it was derived from
+    return entry
+
+
+def _from_elsewhere(record: dict[str, Any], runs: str) -> bool:
+    """Whether a previous entry or failure came from another run folder root (or a merge): a
+    rebuild from ``runs`` re-derives its own and must keep those."""
+    return record.get("source") == "submitted" or record.get("runs") not in (None, runs)
 
 
 def rebuild_leaderboard(path: Path, *, runs: Path, task: TaskSpec, dataset: dict[str, Any],
@@ -155,15 +175,21 @@ def rebuild_leaderboard(path: Path, *, runs: Path, task: TaskSpec, dataset: dict
     Returns:
         The leaderboard written.
     """
+    here = str(Path(runs).resolve())
     with file_lock(path):
         previous = load_leaderboard(path)
         local, failed = _local_results(runs, dataset["name"], task.name, dataset["fingerprint"])
+        failed = [{**f, "runs": here} for f in failed]
         differences = _differences(local, task, n_resamples)
-        entries = [_entry(r, "local", differences.get(entry_key(r))) for r, _ in local]
+        entries = [_entry(r, "local", differences.get(entry_key(r)), here) for r, _ in local]
         keys = {entry_key(e["result"]) for e in entries}
         if previous and previous["dataset"]["fingerprint"] == dataset["fingerprint"]:
             entries += [e for e in previous["entries"]
-                        if e["source"] == "submitted" and entry_key(e["result"]) not in keys]
+                        if _from_elsewhere(e, here) and entry_key(e["result"]) not in keys]
+            runs_seen = {(f["method"], f["train_cohort"], f["seed"]) for f in failed} | {
+                (e["method"], e["train_cohort"], e["seed"]) for e in entries}
+            failed += [f for f in previous.get("failed", []) if _from_elsewhere(f, here)
+                       and (f["method"], f["train_cohort"], f["seed"]) not in runs_seen]
         for entry in entries:
             record = (throughput or {}).get(entry["method"])
             if record is not None:

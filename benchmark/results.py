@@ -141,7 +141,11 @@ def validate_result(result: Any) -> list[str]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Raises:
+        FusebenchError: the folder or the file cannot be written (``path`` is then unchanged).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,9 +160,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(error, OSError):  # a full disk, a quota, an I/O error: not a bug
+            raise FusebenchError(
+                f"cannot write {path}: {error.strerror or error}; free disk space or choose "
+                "another folder, then rerun (the previous file is unchanged)"
+            ) from error
         raise
 
 

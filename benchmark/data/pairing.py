@@ -21,6 +21,22 @@ __all__ = ["pair_images", "radiology_table", "read_cxr_metadata"]
 _SPLIT_NAMES = {"train": "train", "val": "validate", "test": "test"}
 
 
+def dicom_ids(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """The ``dicom_id`` column; an id that is not a plain file name is an error with its line.
+
+    Ids name the files ``resized/{dicom_id}.jpg``: one with a separator or ``..`` would read an
+    image from outside the data root.
+    """
+    ids = frame["dicom_id"].astype(str)
+    bad = ~ids.str.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*").to_numpy(bool)
+    ids = ids.to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise FusebenchError(f"{path} line {row + 2}: dicom_id {ids[row]!r} is not a plain file "
+                             "name (it would point outside resized/); fix or remove that row")
+    return ids
+
+
 def read_cxr_metadata(cxr_root: Path) -> pd.DataFrame:
     """dicom_id, subject_id, study_id, ViewPosition and the parsed StudyDateTime of every image."""
     path = cxr_root / CXR_FILES["metadata"]
@@ -28,7 +44,7 @@ def read_cxr_metadata(cxr_root: Path) -> pd.DataFrame:
                                     "StudyDate", "StudyTime"], "CXR metadata",
                              dtype={"dicom_id": str, "ViewPosition": str, "StudyDate": str})
     return pd.DataFrame({
-        "dicom_id": frame["dicom_id"].astype(str).to_numpy(),
+        "dicom_id": dicom_ids(frame, path),
         "subject_id": numeric_column(frame, "subject_id", path, integer=True),
         "study_id": numeric_column(frame, "study_id", path, integer=True),
         "ViewPosition": frame["ViewPosition"].fillna("").astype(str).to_numpy(),
@@ -71,6 +87,7 @@ def radiology_table(cxr_root: Path, split: str) -> tuple[pd.DataFrame, list[dict
                               "(create it with `fusebench data prepare-cxr`)",
                               dtype={"dicom_id": str, "split": str})
     numeric_column(splits, "study_id", split_path, integer=True)
+    dicom_ids(splits, split_path)
     known = {"train", "validate", "test"}
     unknown = ~splits["split"].isin(known).to_numpy()
     if unknown.any():
