@@ -165,6 +165,9 @@ def fusebench_training_step(
     """Run one optimisation step on one training batch.
 
     Called for every training batch, with the model in train mode and the batch on the device.
+    Under torchrun the hook receives the plain module (not the DistributedDataParallel wrapper)
+    and each optimizer averages its gradients across processes just before it steps, so a hook
+    written for one process trains correctly on several (see :mod:`benchmark.distributed`).
 
     Args:
         method: the method being trained.
