@@ -16,7 +16,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(BIN)/fusebench leaderboard --preset quick
+	$(BIN)/fusebench leaderboard --preset quick --jobs 2
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ import torch
 from benchmark.errors import FusebenchError
 from benchmark.results import atomic_write_bytes, atomic_write_json
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["delete_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 
 def _sidecar(path: Path) -> Path:
@@ -81,3 +81,10 @@ def load_checkpoint(path: Path) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         raise FusebenchError(f"checkpoint {path} cannot be loaded ({error}); {way_out}") from error
+
+
+def delete_checkpoint(path: Path) -> None:
+    """Remove the checkpoint at ``path`` and its checksum (nothing if absent)."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)

@@ -44,10 +44,10 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="Demo-scale: 48 px images, 4 epochs, batch 32, lr 1e-3 (few epochs need "
+        description="Demo-scale: 48 px images, 3 epochs, batch 32, lr 1e-3 (few epochs need "
         "a larger step than the tuned rates).",
         image_size=48,
-        overrides={"epochs": 4, "batch_size": 32, "lr": 1e-3, "patience": 4, "lr_patience": 2},
+        overrides={"epochs": 3, "batch_size": 32, "lr": 1e-3, "patience": 3, "lr_patience": 2},
     ),
 }
 

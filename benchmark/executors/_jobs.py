@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from rich.progress import Progress
 
+from benchmark.checkpoints import delete_checkpoint
 from benchmark.data import DataConfig, prepare
 from benchmark.progress import RunProgress
 from benchmark.registry import extra_plugins, get_registry, set_extra_plugins
@@ -108,7 +109,7 @@ def run_job(job: GridJob, display: Progress | None = None) -> JobOutcome:
 
     A method that raises or returns bad outputs is recorded as failed (``failed.json``) and the
     job still returns; a run interrupted earlier resumes from its checkpoint; a run with valid
-    results is not recomputed.
+    results is not recomputed, so its checkpoint is deleted once the results are written.
 
     Args:
         job: the job.
@@ -130,6 +131,9 @@ def run_job(job: GridJob, display: Progress | None = None) -> JobOutcome:
                 pretrain(registry, job.request, data, stages=(job.stage,), progress=progress)
                 return JobOutcome(job, "finished")
             execute_run(registry, job.request, data, resume=True, progress=progress)
+        # A finished grid entry is never resumed: its checkpoint (four copies of the weights,
+        # with the best state and Adam's moments) would only fill the disk.
+        delete_checkpoint(folder / "checkpoint.pt")
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:  # one failing method must not stop the grid
