@@ -11,6 +11,7 @@ other run folders (``runs`` of an entry: another grid writing the same leaderboa
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -175,7 +176,8 @@ def rebuild_leaderboard(path: Path, *, runs: Path, task: TaskSpec, dataset: dict
     Returns:
         The leaderboard written.
     """
-    here = str(Path(runs).resolve())
+    # Relative to the leaderboard's folder: a committed leaderboard names no machine's paths.
+    here = os.path.relpath(Path(runs).resolve(), Path(path).parent.resolve())
     with file_lock(path):
         previous = load_leaderboard(path)
         local, failed = _local_results(runs, dataset["name"], task.name, dataset["fingerprint"])
