@@ -18,7 +18,7 @@ import torch
 from benchmark.errors import FusebenchError
 from benchmark.results import atomic_write_bytes, atomic_write_json
 
-__all__ = ["delete_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["delete_checkpoint", "load_checkpoint", "load_checkpoint_if_exists", "save_checkpoint"]
 
 
 def _sidecar(path: Path) -> Path:
@@ -81,6 +81,11 @@ def load_checkpoint(path: Path) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         raise FusebenchError(f"checkpoint {path} cannot be loaded ({error}); {way_out}") from error
+
+
+def load_checkpoint_if_exists(path: Path) -> Any:
+    """:func:`load_checkpoint` of ``path``, or None when there is no file there."""
+    return load_checkpoint(path) if Path(path).exists() else None
 
 
 def delete_checkpoint(path: Path) -> None:

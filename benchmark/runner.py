@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from benchmark import __version__, distributed
-from benchmark.checkpoints import load_checkpoint, save_checkpoint
+from benchmark.checkpoints import load_checkpoint_if_exists, save_checkpoint
 from benchmark.errors import FusebenchError
 from benchmark.metrics import score_predictions
 from benchmark.presets import get_preset
@@ -211,7 +211,7 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = Path(request.out) / "stages" / data.fingerprint[:16] / f"{name}-{digest}.pt"
-        cached = distributed.from_main(_load_if_exists, path)
+        cached = distributed.from_main(load_checkpoint_if_exists, path)
         if cached is not None:
             weights[name] = cached
             continue
@@ -221,10 +221,6 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
         distributed.from_main(save_checkpoint, path, state)
         weights[name] = state
     return weights
-
-
-def _load_if_exists(path: Path) -> Any:
-    return load_checkpoint(path) if path.exists() else None
 
 
 def _predictions_frame(stay_ids: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,

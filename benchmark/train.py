@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmark import distributed
-from benchmark.checkpoints import load_checkpoint, save_checkpoint
+from benchmark.checkpoints import load_checkpoint_if_exists, save_checkpoint
 from benchmark.metrics import auroc
 from benchmark.progress import RunProgress
 
@@ -161,7 +161,7 @@ def fit(
         "history": [], "best_state": copy.deepcopy(model.state_dict()),
     }
     if resume and checkpoint is not None:
-        saved = distributed.from_main(_load_if_exists, checkpoint)
+        saved = distributed.from_main(load_checkpoint_if_exists, checkpoint)
         if saved is not None:
             state = _restore(saved, model, optimizers, schedulers)
     trained = distributed.wrap_model(model)
@@ -235,10 +235,6 @@ def _save(path: Path, state: dict, model: nn.Module, optimizers: list, scheduler
         "optimizers": [o.state_dict() for o in optimizers],
         "schedulers": [s.state_dict() for s in schedulers],
     })
-
-
-def _load_if_exists(path: Path) -> dict | None:
-    return load_checkpoint(path) if path.exists() else None
 
 
 def _restore(saved: dict, model: nn.Module, optimizers: list, schedulers: list) -> dict:
