@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmark.errors import FusebenchError
 from benchmark.registry import load_registry
@@ -109,6 +110,43 @@ def test_daft_does_not_build_cnn_layers_after_its_insertion_point():
     assert hasattr(phenotyping.cxr, "layer3") and not hasattr(phenotyping.cxr, "layer4")
     assert hasattr(mortality.cxr, "layer4")
     assert phenotyping.init_info["layer_after"] == 3
+
+
+def _packed_reference_features(encoder: EHREncoder, ehr: torch.Tensor,
+                               lengths: torch.Tensor) -> torch.Tensor:
+    """The original's computation: stacked LSTMs over a packed batch, final hidden state."""
+    packed = pack_padded_sequence(ehr, lengths, batch_first=True, enforce_sorted=False)
+    for layer in encoder.layers:
+        packed, (final_hidden, _) = layer(packed)
+    return final_hidden[-1]
+
+
+def test_ehr_encoder_equals_the_packed_lstm_in_value_and_gradient():
+    torch.manual_seed(0)
+    encoder = EHREncoder(76, 32, 2, dropout=0.0)
+    lengths = torch.tensor([9, 1, 5, 9, 3])
+    ehr = torch.randn(5, 9, 76)
+    ehr[torch.arange(9) >= lengths[:, None]] = 7.0  # padding must not leak into the feature
+    ours = encoder(ehr, lengths)
+    ours.square().sum().backward()
+    our_grads = [p.grad.clone() for p in encoder.parameters()]
+    encoder.zero_grad()
+    reference = _packed_reference_features(encoder, ehr, lengths)
+    reference.square().sum().backward()
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    for ours_grad, parameter in zip(our_grads, encoder.parameters(), strict=True):
+        torch.testing.assert_close(ours_grad, parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_ehr_encoder_split_at_a_layer_is_zero_after_each_length_and_composes():
+    torch.manual_seed(0)
+    encoder = EHREncoder(76, 16, 2, dropout=0.0)
+    lengths = torch.tensor([4, 2])
+    ehr = torch.randn(2, 4, 76)
+    sequence = encoder.sequence(ehr, lengths, stop=1)
+    assert sequence[1, 2:].abs().sum() == 0 and sequence[1, :2].abs().min() > 0
+    torch.testing.assert_close(encoder.features_from(sequence, lengths, start=1),
+                               encoder(ehr, lengths))
 
 
 def test_medfuse_encodes_only_the_present_images():
