@@ -2,7 +2,8 @@
 
 The driver (this module) prepares each task's data once, then hands the work to an executor
 (:mod:`benchmark.executors`) in two waves: the pretraining stages the pending entries need, each
-once, then the entries themselves. Entries whose result files exist are skipped; an interrupted
+once, beside the entries that need no stage; then the entries that load a stage's weights. Each
+wave starts its longest jobs first. Entries whose result files exist are skipped; an interrupted
 entry resumes from its checkpoint; a failing method is recorded as failed with its error and the
 grid goes on; a job whose worker died is retried, then reported. After every finished entry the
 task's leaderboard is rebuilt from the result files under its file lock, so a killed grid leaves a
@@ -119,30 +120,28 @@ def run_grid(
             console.print(f"[dim]done already:[/] {job.label}", highlight=False)
         else:
             jobs.append(job)
+    stage_jobs = _stage_jobs(registry, jobs)
     with make_progress(console) as display:
         settings = dataclasses.replace(settings or ExecutorSettings(), display=display)
-        stage_jobs = _stage_jobs(registry, jobs)
-        if stage_jobs:
-            stages_bar = display.add_task("pretraining stages", total=len(stage_jobs), status="")
-
-            def report_stage(outcome: JobOutcome) -> None:
-                _print_outcome(console, outcome)
-                display.update(stages_bar, advance=1)
-
-            spec.run(stage_jobs, settings, report_stage)
+        stages_bar = (display.add_task("pretraining stages", total=len(stage_jobs), status="")
+                      if stage_jobs else None)
         grid_bar = display.add_task("leaderboard grid", total=len(entries),
                                     completed=len(entries) - len(jobs), status="")
 
         def report(outcome: JobOutcome) -> None:
+            _print_outcome(console, outcome)
+            if outcome.job.kind == "stage":
+                display.update(stages_bar, advance=1)
+                return
             task = outcome.job.request.task
             if outcome.status == "lost":
                 lost.append(outcome.job)
             land_files(outcome, _folder(registry, outcome.job, data))
-            _print_outcome(console, outcome)
             boards[task] = _rebuild(registry, task, data[task], request, root, records[task])
             display.update(grid_bar, advance=1, status=outcome.job.label)
 
-        spec.run(jobs, settings, report)
+        for wave in _waves(registry, stage_jobs, jobs, data):
+            spec.run(wave, settings, report)
     for task, board in boards.items():
         plot = save_forest_plot(board, leaderboard_path(root, board["dataset"]["name"], task)
                                 .with_suffix(".png"))
@@ -164,6 +163,21 @@ def _stage_jobs(registry: Registry, jobs: Sequence[GridJob]) -> list[GridJob]:
             key = (job.request.task, job.request.seed, stage)
             stage_jobs.setdefault(key, dataclasses.replace(job, kind="stage", stage=stage))
     return list(stage_jobs.values())
+
+
+def _waves(registry: Registry, stage_jobs: Sequence[GridJob], jobs: Sequence[GridJob],
+           data: dict[str, Any]) -> list[list[GridJob]]:
+    """The non-empty waves: the stages beside the entries that need none, then the entries
+    that load a stage's weights. Each wave is ordered longest first, stages leading: with
+    several workers the long jobs start early and none runs alone at the end."""
+    def order(job: GridJob) -> tuple[bool, int]:
+        hours = data[job.request.task].cohort("train", job.request.train_cohort).ehr_hours
+        return job.kind != "stage", -hours
+
+    needs_stage = [bool(registry.method(job.request.method).pretraining) for job in jobs]
+    first = [*stage_jobs, *(job for job, needs in zip(jobs, needs_stage, strict=True) if not needs)]
+    second = [job for job, needs in zip(jobs, needs_stage, strict=True) if needs]
+    return [sorted(wave, key=order) for wave in (first, second) if wave]
 
 
 def _print_outcome(console: Console, outcome: JobOutcome) -> None:

@@ -114,6 +114,16 @@ def test_batches_shapes_padding_and_determinism(tmp_path: Path) -> None:
     assert torch.equal(first, again) and not torch.equal(first, plain)
 
 
+def test_ehr_hours_count_the_hourly_bins_of_the_cohort(tmp_path: Path) -> None:
+    data = prepare(_config(tmp_path), PHENOTYPING, progress=False)
+    for cohort in ("paired", "partial"):
+        view = data.cohort("train", cohort)
+        served = sum(int(b["ehr_lengths"].sum()) for b in view.batches(4, shuffle=False))
+        assert view.ehr_hours == served
+    assert data.cohort("train", "partial").ehr_hours > data.cohort("train", "paired").ehr_hours
+    assert data.radiology("train").ehr_hours == 0
+
+
 def test_eval_images_are_the_imagenet_normalised_centre_crop(tmp_path: Path) -> None:
     data = prepare(_config(tmp_path), IN_HOSPITAL_MORTALITY, progress=False)
     stored = np.load(data.cache_path / "images.npy")

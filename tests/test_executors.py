@@ -12,12 +12,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from benchmark.data import DataConfig
 from benchmark.executors import GridJob
-from benchmark.grid import _stage_jobs
+from benchmark.grid import _stage_jobs, _waves
 from benchmark.leaderboard import load_leaderboard
 from benchmark.registry import load_registry
 from benchmark.runner import RunRequest
@@ -88,6 +89,24 @@ def test_shared_pretraining_stages_become_one_job_per_task_seed_and_stage():
     assert sorted((j.stage, j.request.seed) for j in stage_jobs) == [
         ("cxr-radiology", 0), ("cxr-radiology", 1), ("ehr-uni", 0), ("ehr-uni", 1)]
     assert all(j.kind == "stage" for j in stage_jobs)
+
+
+def test_grid_waves_run_stages_beside_stage_free_entries_longest_first():
+    registry = load_registry()
+    jobs = [GridJob("run", RunRequest(task=IHM, method=m, train_cohort=c), DataConfig(
+        Path("ehr"), Path("cxr"))) for m, c in [("uni-ehr", "paired"), ("medfuse", "partial"),
+                                                 ("uni-ehr", "partial"), ("early", "paired")]]
+    hours = {"paired": 10, "partial": 100}
+    data = {IHM: SimpleNamespace(cohort=lambda split, cohort: SimpleNamespace(
+        ehr_hours=hours[cohort]))}
+    first, second = _waves(registry, _stage_jobs(registry, jobs), jobs, data)
+    assert [(j.kind, j.stage) for j in first[:2]] == [("stage", "cxr-radiology"),
+                                                      ("stage", "ehr-uni")]
+    assert [j.label for j in first[2:]] == [
+        "uni-ehr on in-hospital-mortality (partial, seed 0)",
+        "uni-ehr on in-hospital-mortality (paired, seed 0)"]
+    assert [j.request.method for j in second] == ["medfuse", "early"]
+    assert _waves(registry, [], jobs[:1], data) == [jobs[:1]]
 
 
 def test_slurm_executor_on_submitits_local_cluster_gives_the_local_leaderboard(

@@ -63,6 +63,14 @@ class CohortView:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def ehr_hours(self) -> int:
+        """Hourly EHR bins over all rows (0 for radiology images): the cost of an LSTM epoch."""
+        if self._radiology:
+            return 0
+        offsets = self._data._arrays["offsets"]
+        return int((offsets[self._rows + 1] - offsets[self._rows]).sum())
+
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, augment: bool = False,
                 device: torch.device | str = "cpu", rank: int = 0,
                 world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
