@@ -156,12 +156,14 @@ def _folder(registry: Registry, job: GridJob, data: dict[str, Any]) -> Path:
 
 def _stage_jobs(registry: Registry, jobs: Sequence[GridJob]) -> list[GridJob]:
     """One job per (task, seed, stage) that the pending entries need, for the first method
-    listing it (the stage's weights do not depend on the method that asks)."""
-    stage_jobs: dict[tuple[str, int, str], GridJob] = {}
+    listing it (the stage's weights do not depend on the method that asks); one per (seed,
+    stage) for a stage every task shares."""
+    stage_jobs: dict[tuple[str | None, int, str], GridJob] = {}
     for job in jobs:
-        for stage in registry.method(job.request.method).pretraining:
-            key = (job.request.task, job.request.seed, stage)
-            stage_jobs.setdefault(key, dataclasses.replace(job, kind="stage", stage=stage))
+        for name in registry.method(job.request.method).pretraining:
+            task = job.request.task if registry.stage(name).per_task else None
+            stage_jobs.setdefault((task, job.request.seed, name),
+                                  dataclasses.replace(job, kind="stage", stage=name))
     return list(stage_jobs.values())
 
 

@@ -9,7 +9,8 @@ Layout of a run folder (``{out}/{dataset}/{task}/{method}/{train_cohort}/seed{se
     result-partial.json
     failed.json                      only when the run failed: the error, for the leaderboard
 
-Pretraining stages are cached under ``{out}/stages/{data fingerprint}/``.
+Pretraining stages are cached under ``{out}/stages/{data fingerprint}/`` (a stage every task
+shares: ``{out}/stages/images-{radiology fingerprint}/``).
 
 Under torchrun (see :mod:`benchmark.distributed`) every rank runs the same code: the ranks train
 pretraining stages and the model together, and rank 0 alone reads and writes the files above
@@ -50,7 +51,7 @@ from benchmark.results import (
     utc_now,
     write_result,
 )
-from benchmark.specs import COHORTS, MethodSpec, ModelConfig, TaskSpec
+from benchmark.specs import COHORTS, MethodSpec, ModelConfig, PretrainingStage, TaskSpec
 from benchmark.steps import (
     build_optimizers,
     default_optimizers,
@@ -186,9 +187,10 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
              progress: RunProgress | None = None) -> dict[str, Any]:
     """The weights of the pretraining stages ``request.method`` lists, each computed once.
 
-    A stage's weights are cached under ``{out}/stages/{data fingerprint}/`` by stage, stage
-    config, preset, overrides, seed, image size and ImageNet weights (not by method), so every
-    method of a grid that lists the stage reuses the first computation.
+    A stage's weights are cached under ``{out}/stages/{data fingerprint}/`` (for a stage shared
+    by all tasks, ``{out}/stages/images-{radiology fingerprint}/``) by stage, stage config,
+    preset, overrides, seed, image size and ImageNet weights (not by method), so every method of
+    a grid that lists the stage reuses the first computation.
 
     Args:
         registry: plugins.
@@ -210,7 +212,7 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
                           "image_size": base.image_size, "cxr_weights": str(request.cxr_weights)},
                          sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        path = Path(request.out) / "stages" / data.fingerprint[:16] / f"{name}-{digest}.pt"
+        path = Path(request.out) / "stages" / _stage_data_folder(stage, data) / f"{name}-{digest}.pt"
         cached = distributed.from_main(load_checkpoint_if_exists, path)
         if cached is not None:
             weights[name] = cached
@@ -221,6 +223,14 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
         distributed.from_main(save_checkpoint, path, state)
         weights[name] = state
     return weights
+
+
+def _stage_data_folder(stage: PretrainingStage, data: Any) -> str:
+    """``<task data fingerprint>``, or ``images-<radiology fingerprint>`` for a stage every task
+    shares."""
+    if stage.per_task:
+        return data.fingerprint[:16]
+    return f"images-{data.radiology_fingerprint[:16]}"
 
 
 def _predictions_frame(stay_ids: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,

@@ -163,7 +163,8 @@ class PretrainingStage:
 
     The harness runs a stage at most once per (data fingerprint, task, stage config, seed) and
     caches its state dict; every method listing the stage in ``MethodSpec.pretraining`` receives
-    it in ``ModelConfig.pretrained[name]``.
+    it in ``ModelConfig.pretrained[name]``. A stage that trains on the radiology images only
+    (``per_task=False``) runs once for all tasks, keyed by the images' fingerprint instead.
 
     Attributes:
         name: unique stage name, e.g. ``"cxr-radiology"``.
@@ -171,12 +172,15 @@ class PretrainingStage:
         run: ``run(context) -> dict[str, torch.Tensor]``; ``context`` is a
             :class:`benchmark.hookspecs.StageContext`. Returns the state dict to cache.
         config: JSON-serialisable settings that change the result (part of the cache key).
+        per_task: False when ``run`` fits on the ``"radiology"`` cohort only and uses nothing
+            of ``context.task``, so its weights are the same for every task.
     """
 
     name: str
     description: str
     run: Callable[[Any], Mapping[str, Any]]
     config: Mapping[str, Any] = field(default_factory=dict)
+    per_task: bool = True
     distribution: str = ""
     version: str = ""
 

@@ -2,7 +2,8 @@
 
 - ``cxr-radiology``: ResNet34 (ImageNet weights when a local file is given) + Linear(512, 14)
   trained on all chest X-rays of the split with the 14 radiology labels; returns the
-  :class:`~plugins.encoders.CXREncoder` state dict.
+  :class:`~plugins.encoders.CXREncoder` state dict. It does not depend on the task, so both
+  tasks share one run.
 - ``ehr-uni``: uni-EHR trained on every stay of the task (cohort ``partial``); returns the
   :class:`~plugins.encoders.EHREncoder` state dict.
 """
@@ -67,6 +68,7 @@ def fusebench_register_pretraining_stages() -> list[PretrainingStage]:
             description="ResNet34 + Linear(512, 14) on every CXR image (14 radiology labels).",
             run=run_cxr_radiology,
             config={"hparams": RADIOLOGY_HPARAMS, "labels": RADIOLOGY_LABELS},
+            per_task=False,
         ),
         PretrainingStage(
             name=EHR_STAGE,

@@ -91,6 +91,15 @@ def test_shared_pretraining_stages_become_one_job_per_task_seed_and_stage():
     assert all(j.kind == "stage" for j in stage_jobs)
 
 
+def test_a_stage_every_task_shares_is_one_job_per_seed():
+    registry = load_registry()
+    jobs = [GridJob("run", RunRequest(task=task, method="medfuse"),
+                    DataConfig(Path("ehr"), Path("cxr"))) for task in (IHM, "phenotyping")]
+    stage_jobs = _stage_jobs(registry, jobs)
+    assert sorted((j.stage, j.request.task) for j in stage_jobs) == [
+        ("cxr-radiology", IHM), ("ehr-uni", IHM), ("ehr-uni", "phenotyping")]
+
+
 def test_grid_waves_run_stages_beside_stage_free_entries_longest_first():
     registry = load_registry()
     jobs = [GridJob("run", RunRequest(task=IHM, method=m, train_cohort=c), DataConfig(

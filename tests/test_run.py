@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from benchmark.cli import cli
+from benchmark.data import DataConfig, prepare
 from benchmark.leaderboard import load_leaderboard
+from benchmark.registry import load_registry
+from benchmark.runner import RunRequest, pretrain
+from plugins.encoders import CXR_STAGE, EHR_STAGE
 
 PLUGIN = "tests.fixtures.faulty_methods"
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,3 +124,25 @@ def test_leaderboard_grid_records_failures_goes_on_and_resumes(demo_tiny_root, t
     assert "## Failed runs" in markdown and "kill-ehr" in markdown
     again = fusebench(*args)
     assert again.stderr.count("done already") == 2  # kill-ehr on both cohorts; failures retried
+
+
+def test_the_radiology_stage_runs_once_for_both_tasks(demo_tiny_root, tmp_path):
+    registry = load_registry()
+    config = DataConfig(ehr_root=demo_tiny_root / "ehr", cxr_root=demo_tiny_root / "cxr",
+                        image_size=32, cache_dir=tmp_path / "cache")
+    weights, saved = {}, None
+    for task in (IHM, "phenotyping"):
+        data = prepare(config, registry.task(task), progress=False)
+        request = RunRequest(task=task, method="medfuse", preset="quick",
+                             overrides={"epochs": 1}, out=tmp_path / "runs")
+        weights[task] = pretrain(registry, request, data, stages=[CXR_STAGE])[CXR_STAGE]
+        files = list((tmp_path / "runs" / "stages").rglob("*.pt"))
+        assert len(files) == 1 and files[0].parent.name.startswith("images-")
+        stat = files[0].stat()
+        assert saved is None or (stat.st_ino, stat.st_mtime_ns) == saved  # loaded, not rewritten
+        saved = (stat.st_ino, stat.st_mtime_ns)
+    for key, value in weights[IHM].items():
+        assert torch.equal(value, weights["phenotyping"][key]), key
+    per_task = pretrain(registry, request, data, stages=[EHR_STAGE])
+    assert per_task and len(list((tmp_path / "runs" / "stages").rglob("*.pt"))) == 2
+    assert (tmp_path / "runs" / "stages" / data.fingerprint[:16]).is_dir()

@@ -168,6 +168,12 @@ class PreparedData:
         return CohortView(self, np.flatnonzero(arrays["split"] == SPLITS.index(split)),
                           radiology=True)
 
+    @property
+    def radiology_fingerprint(self) -> str:
+        """sha256 of the radiology images' inputs (labels, splits, images, stored size): the
+        same for every task prepared from one CXR root (builds the radiology cache if absent)."""
+        return self._radiology_entry[1]
+
     @cached_property
     def _radiology_entry(self) -> tuple[Path, str]:
         return _ensure_radiology(self.config, self._progress)
@@ -290,6 +296,7 @@ def _load_task_entry(folder: Path) -> dict:
 
 
 def _ensure_radiology(config: DataConfig, progress: bool) -> tuple[Path, str]:
+    """The radiology cache folder (built when missing) and its inputs' fingerprint."""
     tables, skips = [], []
     for split in SPLITS:
         table, dropped = radiology_table(config.cxr_root, split)
@@ -324,7 +331,8 @@ def _ensure_radiology(config: DataConfig, progress: bool) -> tuple[Path, str]:
                                         for t in tables]))
         (tmp / "skips.json").write_text(json.dumps(skips))
 
-    return folder, ensure_entry(folder, build)
+    ensure_entry(folder, build)
+    return folder, key
 
 
 def _load_radiology(folder: Path) -> dict:
