@@ -108,30 +108,48 @@ def _local_results(runs: Path, dataset: str, task: str, fingerprint: str
     return results, failed
 
 
+# The grid rebuilds the leaderboard after every finished entry; an entry's difference changes
+# only with its own or the reference's predictions, so one process computes each once.
+_known_differences: dict[tuple, dict | None] = {}
+
+
 def _differences(results: list[tuple[dict, Path]], task: TaskSpec, n_resamples: int
                  ) -> dict[tuple, dict]:
     """Paired difference to the reference method on the same bootstrap resamples."""
     reference = {
-        (r["test_cohort"]["name"], r["seeds"][0]): folder
+        (r["test_cohort"]["name"], r["seeds"][0]): (r, folder)
         for r, folder in results
         if r["method"]["name"] == REFERENCE_METHOD and r["train_cohort"] == "partial"
     }
     differences = {}
     for result, folder in results:
-        ref_folder = reference.get((result["test_cohort"]["name"], result["seeds"][0]))
-        if ref_folder is None:
+        ref_result, ref_folder = reference.get((result["test_cohort"]["name"], result["seeds"][0]),
+                                               (None, None))
+        if ref_result is None:
             continue
-        name = f"predictions-{result['test_cohort']['name']}.csv"
-        stays, labels, probabilities = read_predictions(folder / name, task)
-        ref_stays, _, ref_probabilities = read_predictions(ref_folder / name, task)
-        order = np.argsort(ref_stays)
-        position = order[np.searchsorted(ref_stays, stays, sorter=order)]
-        if not np.array_equal(ref_stays[position], stays):
-            continue
-        scores = score_predictions(labels, probabilities, task.labels, n_resamples=n_resamples,
-                                   seed=BOOTSTRAP_SEED, reference_prob=ref_probabilities[position])
-        differences[entry_key(result)] = scores["difference"]
+        key = (task.name, n_resamples, result["predictions"]["sha256"],
+               ref_result["predictions"]["sha256"])
+        if key not in _known_differences:
+            name = f"predictions-{result['test_cohort']['name']}.csv"
+            _known_differences[key] = _difference(folder / name, ref_folder / name, task,
+                                                  n_resamples)
+        if _known_differences[key] is not None:
+            differences[entry_key(result)] = _known_differences[key]
     return differences
+
+
+def _difference(predictions: Path, reference: Path, task: TaskSpec, n_resamples: int
+                ) -> dict | None:
+    """This predictions file minus the reference's on the same resamples (None: other stays)."""
+    stays, labels, probabilities = read_predictions(predictions, task)
+    ref_stays, _, ref_probabilities = read_predictions(reference, task)
+    order = np.argsort(ref_stays)
+    position = order[np.searchsorted(ref_stays, stays, sorter=order)]
+    if not np.array_equal(ref_stays[position], stays):
+        return None
+    scores = score_predictions(labels, probabilities, task.labels, n_resamples=n_resamples,
+                               seed=BOOTSTRAP_SEED, reference_prob=ref_probabilities[position])
+    return scores["difference"]
 
 
 def _entry(result: dict[str, Any], source: str, difference: dict | None,

@@ -159,17 +159,29 @@ def _run_by_length(layers: Sequence[nn.LSTM], sequence: torch.Tensor,
     """
     device, steps = sequence.device, sequence.shape[1]
     rows = CPU_ROWS_PER_LENGTH_GROUP if device.type == "cpu" else len(sequence)
-    order = torch.argsort(lengths.cpu(), stable=True)
-    groups = []
-    for group in torch.split(order, rows):
+    groups = _length_groups(lengths.cpu(), rows)
+    outputs = []
+    for group in groups:
         longest = int(lengths[group].max())
         group_output = sequence[group.to(device), :longest]
         for layer in layers:
             group_output, _ = layer(group_output)
-        groups.append(F.pad(group_output, (0, 0, 0, steps - longest)))
-    output = torch.cat(groups)[torch.argsort(order).to(device)]
+        outputs.append(F.pad(group_output, (0, 0, 0, steps - longest)))
+    output = torch.cat(outputs)[torch.argsort(torch.cat(groups)).to(device)]
     valid = torch.arange(steps, device=device) < lengths.to(device)[:, None]
     return output * valid.unsqueeze(2)
+
+
+def _length_groups(lengths: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """Row indices by ascending length, ``rows`` at a time; a group as long as the one before
+    joins it (no padding is added, and fixed-length batches such as 48-hour IHM stay whole)."""
+    groups: list[torch.Tensor] = []
+    for group in torch.split(torch.argsort(lengths, stable=True), rows):
+        if groups and lengths[group].max() == lengths[groups[-1]].max():
+            groups[-1] = torch.cat([groups[-1], group])
+        else:
+            groups.append(group)
+    return groups
 
 
 def cxr_feature_dim(depth: int) -> int:

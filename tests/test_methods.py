@@ -16,7 +16,7 @@ from benchmark.registry import load_registry
 from benchmark.specs import MethodSpec, ModelConfig
 from benchmark.steps import build_optimizers, training_step
 from benchmark.testing import check_method, make_batch, trainable_parameter_count
-from plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, EHREncoder
+from plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, EHREncoder, _length_groups
 from plugins.pretraining import run_cxr_radiology, run_ehr_uni
 from tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
 
@@ -124,8 +124,8 @@ def _packed_reference_features(encoder: EHREncoder, ehr: torch.Tensor,
 def test_ehr_encoder_equals_the_packed_lstm_in_value_and_gradient():
     torch.manual_seed(0)
     encoder = EHREncoder(76, 32, 2, dropout=0.0)
-    lengths = torch.tensor([9, 1, 5, 9, 3])
-    ehr = torch.randn(5, 9, 76)
+    lengths = torch.tensor([9, 1, 5, 9, 3, 2, 7])  # two length groups: [1, 2, 3, 5], [7, 9, 9]
+    ehr = torch.randn(7, 9, 76)
     ehr[torch.arange(9) >= lengths[:, None]] = 7.0  # padding must not leak into the feature
     ours = encoder(ehr, lengths)
     ours.square().sum().backward()
@@ -136,6 +136,12 @@ def test_ehr_encoder_equals_the_packed_lstm_in_value_and_gradient():
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     for ours_grad, parameter in zip(our_grads, encoder.parameters(), strict=True):
         torch.testing.assert_close(ours_grad, parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_length_groups_follow_length_and_keep_equal_lengths_together():
+    groups = _length_groups(torch.tensor([9, 1, 5, 9, 3, 2, 7, 4, 8]), rows=4)
+    assert [g.tolist() for g in groups] == [[1, 5, 4, 7], [2, 6, 8, 0, 3]]
+    assert len(_length_groups(torch.full((32,), 48), rows=4)) == 1
 
 
 def test_ehr_encoder_split_at_a_layer_is_zero_after_each_length_and_composes():

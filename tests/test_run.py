@@ -13,9 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmark import leaderboard
 from benchmark.cli import cli
 from benchmark.data import DataConfig, prepare
 from benchmark.leaderboard import load_leaderboard
+from benchmark.metrics import score_predictions
 from benchmark.registry import load_registry
 from benchmark.runner import RunRequest, pretrain
 from plugins.encoders import CXR_STAGE, EHR_STAGE
@@ -146,3 +148,29 @@ def test_the_radiology_stage_runs_once_for_both_tasks(demo_tiny_root, tmp_path):
     per_task = pretrain(registry, request, data, stages=[EHR_STAGE])
     assert per_task and len(list((tmp_path / "runs" / "stages").rglob("*.pt"))) == 2
     assert (tmp_path / "runs" / "stages" / data.fingerprint[:16]).is_dir()
+
+
+def test_leaderboard_rebuilds_compute_each_paired_difference_once(demo_tiny_root, tmp_path,
+                                                                   monkeypatch):
+    fusebench("leaderboard", "--methods", "uni-ehr,kill-ehr", "--tasks", IHM, "--data-root",
+              str(demo_tiny_root), "--out", str(tmp_path / "runs"), "--leaderboard-dir",
+              str(tmp_path), "--preset", "quick", "--epochs", "1", "--n-resamples", "50")
+    path = tmp_path / "leaderboards" / "demo" / f"{IHM}.json"
+    written = load_leaderboard(path)
+    computed = []
+    monkeypatch.setattr(leaderboard, "score_predictions",
+                        lambda *a, **k: computed.append(1) or score_predictions(*a, **k))
+    monkeypatch.setattr(leaderboard, "_known_differences", {})
+
+    def rebuild() -> dict:
+        return leaderboard.rebuild_leaderboard(
+            path, runs=tmp_path / "runs", task=load_registry().task(IHM),
+            dataset=written["dataset"], preset="quick", n_resamples=50)
+
+    first = rebuild()
+    assert len(computed) == len(written["entries"]) == 8  # 2 methods x 2 train x 2 test cohorts
+    second = rebuild()
+    assert len(computed) == 8  # nothing recomputed
+    for board in (first, second):
+        assert [e["difference_to_reference"] for e in board["entries"]] == [
+            e["difference_to_reference"] for e in written["entries"]]
