@@ -154,8 +154,8 @@ def _run_by_length(layers: Sequence[nn.LSTM], sequence: torch.Tensor,
     outputs up to its length equal those of the original's packed run whatever padding follows.
     That lets the batch run padded, on the fused kernels, in groups of stays of similar length
     each cut to its own longest stay: the same values and gradients as one packed batch, and
-    about 2.6x faster on the CPU for whole-stay phenotyping batches (padding to the batch's
-    longest stay wastes most of the steps; tests/benchmarks/bench_train_step.py).
+    2.8-3.5x faster than it on a 2-core CPU for whole-stay phenotyping batches (padding all to
+    the batch's longest stay would waste most steps; tests/benchmarks/bench_train_step.py).
     """
     device, steps = sequence.device, sequence.shape[1]
     rows = CPU_ROWS_PER_LENGTH_GROUP if device.type == "cpu" else len(sequence)

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmark.errors import FusebenchError
 from benchmark.registry import load_registry
@@ -19,6 +18,7 @@ from benchmark.testing import check_method, make_batch, trainable_parameter_coun
 from plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, EHREncoder, _length_groups
 from plugins.pretraining import run_cxr_radiology, run_ehr_uni
 from tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
+from tests.fixtures.packed_lstm import packed_lstm_features
 
 REGISTRY = load_registry(strict=True)
 BUILTIN = ("medfuse", "medfuse-ri", "early", "joint", "late", "mmtm", "daft", "uni-ehr", "uni-cxr")
@@ -112,15 +112,6 @@ def test_daft_does_not_build_cnn_layers_after_its_insertion_point():
     assert phenotyping.init_info["layer_after"] == 3
 
 
-def _packed_reference_features(encoder: EHREncoder, ehr: torch.Tensor,
-                               lengths: torch.Tensor) -> torch.Tensor:
-    """The original's computation: stacked LSTMs over a packed batch, final hidden state."""
-    packed = pack_padded_sequence(ehr, lengths, batch_first=True, enforce_sorted=False)
-    for layer in encoder.layers:
-        packed, (final_hidden, _) = layer(packed)
-    return final_hidden[-1]
-
-
 def test_ehr_encoder_equals_the_packed_lstm_in_value_and_gradient():
     torch.manual_seed(0)
     encoder = EHREncoder(76, 32, 2, dropout=0.0)
@@ -131,7 +122,7 @@ def test_ehr_encoder_equals_the_packed_lstm_in_value_and_gradient():
     ours.square().sum().backward()
     our_grads = [p.grad.clone() for p in encoder.parameters()]
     encoder.zero_grad()
-    reference = _packed_reference_features(encoder, ehr, lengths)
+    reference = packed_lstm_features(encoder, ehr, lengths)
     reference.square().sum().backward()
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     for ours_grad, parameter in zip(our_grads, encoder.parameters(), strict=True):

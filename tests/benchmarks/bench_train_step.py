@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmark.data import DataConfig, prepare
 from benchmark.registry import load_registry
@@ -28,6 +27,7 @@ from benchmark.steps import build_optimizers, training_step
 from benchmark.throughput import synthetic_batch
 from plugins.encoders import EHREncoder
 from tasks.builtin import IN_HOSPITAL_MORTALITY
+from tests.fixtures.packed_lstm import packed_lstm_features
 
 REGISTRY = load_registry()
 BATCH_SIZE = 8
@@ -72,15 +72,6 @@ def test_batch_assembly_epoch(benchmark, demo_data, cohort: str, augment: bool) 
     assert benchmark(one_epoch) == len(view)
 
 
-def _packed_encoder_features(encoder: EHREncoder, ehr: torch.Tensor,
-                             lengths: torch.Tensor) -> torch.Tensor:
-    """How the original runs its LSTMs: over a packed batch, keeping the final hidden state."""
-    packed = pack_padded_sequence(ehr, lengths, batch_first=True, enforce_sorted=False)
-    for layer in encoder.layers:
-        packed, (final_hidden, _) = layer(packed)
-    return final_hidden[-1]
-
-
 @pytest.mark.parametrize("layout", ["ours", "packed"])
 def test_ehr_encoder_phenotyping_batch(benchmark, layout: str) -> None:
     """Forward and backward of the phenotyping EHR encoder (2 x 256 LSTM) over one batch of 32
@@ -92,7 +83,7 @@ def test_ehr_encoder_phenotyping_batch(benchmark, layout: str) -> None:
     lengths = (46 * torch.exp(0.75 * torch.randn(32, generator=generator))).clamp(6, 300).long()
     ehr = torch.randn(32, int(lengths.max()), 76, generator=generator)
     encoder = EHREncoder(76, 256, 2, dropout=0.0)
-    encode = encoder if layout == "ours" else partial(_packed_encoder_features, encoder)
+    encode = encoder if layout == "ours" else partial(packed_lstm_features, encoder)
 
     def step() -> None:
         encoder.zero_grad()
