@@ -1,8 +1,8 @@
 """fusebench: a pluggable benchmark harness for clinical time-series + chest X-ray fusion."""
 
-from benchmark.errors import FusebenchError
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import (
+from fusebench.errors import FusebenchError
+from fusebench.hookspecs import hookimpl
+from fusebench.specs import (
     COHORTS,
     ExecutorSpec,
     MethodSpec,

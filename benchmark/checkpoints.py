@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import FusebenchError
-from benchmark.results import atomic_write_bytes, atomic_write_json
+from fusebench.errors import FusebenchError
+from fusebench.results import atomic_write_bytes, atomic_write_json
 
 __all__ = ["delete_checkpoint", "load_checkpoint", "load_checkpoint_if_exists", "save_checkpoint"]
 

@@ -22,23 +22,23 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmark import __version__, distributed
-from benchmark.cli_common import err_console, registry_for_cli, resolve_device
-from benchmark.data import DataConfig, prepare
-from benchmark.data.cli import data_config_from_options, data_group, data_options
-from benchmark.errors import FusebenchError
-from benchmark.executors import ExecutorSettings
-from benchmark.grid import run_grid
-from benchmark.leaderboard import leaderboard_path, merge_result, summary_rows
-from benchmark.metrics import format_ci, score_predictions
-from benchmark.presets import PRESETS, Preset, get_preset
-from benchmark.progress import RunProgress
-from benchmark.registry import set_extra_plugins
-from benchmark.results import read_result
-from benchmark.runner import RunRequest, execute_run, read_predictions, run_dir
-from benchmark.scaffold import plugins_check_command, plugins_new_command
-from benchmark.specs import COHORTS, MethodSpec, ModelConfig, TaskSpec
-from benchmark.throughput import throughput_command
+from fusebench import __version__, distributed
+from fusebench.cli_common import err_console, registry_for_cli, resolve_device
+from fusebench.data import DataConfig, prepare
+from fusebench.data.cli import data_config_from_options, data_group, data_options
+from fusebench.errors import FusebenchError
+from fusebench.executors import ExecutorSettings
+from fusebench.grid import run_grid
+from fusebench.leaderboard import leaderboard_path, merge_result, summary_rows
+from fusebench.metrics import format_ci, score_predictions
+from fusebench.presets import PRESETS, Preset, get_preset
+from fusebench.progress import RunProgress
+from fusebench.registry import set_extra_plugins
+from fusebench.results import read_result
+from fusebench.runner import RunRequest, execute_run, read_predictions, run_dir
+from fusebench.scaffold import plugins_check_command, plugins_new_command
+from fusebench.specs import COHORTS, MethodSpec, ModelConfig, TaskSpec
+from fusebench.throughput import throughput_command
 
 __all__ = ["cli", "main"]
 
@@ -237,7 +237,7 @@ def _print_results(results: Sequence[dict[str, Any]]) -> None:
 def run(task: str, method: str, resume: bool, **options: Any) -> None:
     """Train one method on one task and score it on both test cohorts.
 
-    Under torchrun (torchrun --nproc_per_node N -m benchmark.cli run ...) the N processes train
+    Under torchrun (torchrun --nproc_per_node N -m fusebench.cli run ...) the N processes train
     one model together: rank 0 prepares the data first, then the others reuse the cache; rank 0
     alone shows progress, writes the files and prints the results.
     """
@@ -359,7 +359,7 @@ def leaderboard(ctx: click.Context, methods: Sequence[str], task_names: Sequence
                  **_executor_options(executor_options)})
     throughput = None
     if with_throughput:
-        from benchmark.throughput import leaderboard_record
+        from fusebench.throughput import leaderboard_record
 
         def throughput(method: str, task: str) -> dict:
             return leaderboard_record(registry.method(method), registry.task(task),

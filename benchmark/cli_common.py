@@ -1,5 +1,5 @@
-"""Helpers shared by the click commands of :mod:`benchmark.cli` and the command modules it attaches
-(:mod:`benchmark.scaffold`, :mod:`benchmark.throughput`, :mod:`benchmark.data.cli`)."""
+"""Helpers shared by the click commands of :mod:`fusebench.cli` and the command modules it attaches
+(:mod:`fusebench.scaffold`, :mod:`fusebench.throughput`, :mod:`fusebench.data.cli`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import warnings
 
 from rich.console import Console
 
-from benchmark.errors import FusebenchError
-from benchmark.registry import PluginWarning, Registry, get_registry
+from fusebench.errors import FusebenchError
+from fusebench.registry import PluginWarning, Registry, get_registry
 
 __all__ = ["err_console", "registry_for_cli", "resolve_device"]
 

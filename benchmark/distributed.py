@@ -1,6 +1,6 @@
 """One run across several processes (GPUs or nodes), launched by ``torchrun``.
 
-``torchrun --nproc_per_node N -m benchmark.cli run ...`` starts N copies of the command; each reads
+``torchrun --nproc_per_node N -m fusebench.cli run ...`` starts N copies of the command; each reads
 its rank from the ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` variables torchrun sets. Together
 they train one model:
 
@@ -8,7 +8,7 @@ they train one model:
   :func:`shard_indices`); each rank draws its own dropout and augmentation (see
   :func:`shard_seed`). A rank steps on ``batch_size // world_size`` rows, so that one step sees
   the recipe's batch and an epoch takes as many steps as in one process (see
-  :mod:`benchmark.train`).
+  :mod:`fusebench.train`).
 - Gradients are averaged across ranks: the default training step runs through
   :class:`~torch.nn.parallel.DistributedDataParallel` (:func:`wrap_model`); a method's own
   training-step hook gets the plain module, and its optimizers average the gradients before each
@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from benchmark.errors import FusebenchError
+from fusebench.errors import FusebenchError
 
 __all__ = [
     "all_gather_object",

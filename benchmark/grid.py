@@ -1,7 +1,7 @@
 """The standard leaderboard grid: every method x task x training cohort x seed, resumable.
 
 The driver (this module) prepares each task's data once, then hands the work to an executor
-(:mod:`benchmark.executors`) in two waves: the pretraining stages the pending entries need, each
+(:mod:`fusebench.executors`) in two waves: the pretraining stages the pending entries need, each
 once, beside the entries that need no stage; then the entries that load a stage's weights. Each
 wave starts its longest jobs first. Entries whose result files exist are skipped; an interrupted
 entry resumes from its checkpoint; a failing method is recorded as failed with its error and the
@@ -20,14 +20,14 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmark.data import DataConfig, prepare
-from benchmark.errors import FusebenchError
-from benchmark.executors import ExecutorSettings, GridJob, JobOutcome, land_files
-from benchmark.leaderboard import leaderboard_path, rebuild_leaderboard
-from benchmark.plots import save_forest_plot
-from benchmark.progress import make_progress
-from benchmark.registry import Registry, extra_plugins
-from benchmark.runner import RunRequest, dataset_name, finished_results, run_dir
+from fusebench.data import DataConfig, prepare
+from fusebench.errors import FusebenchError
+from fusebench.executors import ExecutorSettings, GridJob, JobOutcome, land_files
+from fusebench.leaderboard import leaderboard_path, rebuild_leaderboard
+from fusebench.plots import save_forest_plot
+from fusebench.progress import make_progress
+from fusebench.registry import Registry, extra_plugins
+from fusebench.runner import RunRequest, dataset_name, finished_results, run_dir
 
 __all__ = ["GridEntry", "GridReport", "grid_entries", "run_grid"]
 

@@ -9,7 +9,7 @@ Example:
     A minimal method plugin::
 
         import torch
-        from benchmark import MethodSpec, hookimpl
+        from fusebench import MethodSpec, hookimpl
 
         class Mean(torch.nn.Module):
             def __init__(self, config):
@@ -27,7 +27,7 @@ Example:
                                hparams={"*": {"lr": 1e-3, "batch_size": 16}}, build=Mean)]
 
 Training hooks (``fusebench_configure_optimizers``, ``fusebench_training_step``) are
-``firstresult`` hooks that receive the :class:`~benchmark.specs.MethodSpec` being trained: an
+``firstresult`` hooks that receive the :class:`~fusebench.specs.MethodSpec` being trained: an
 implementation returns ``None`` for methods it does not own, so the harness's default applies.
 """
 
@@ -41,7 +41,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from benchmark.specs import (
+    from fusebench.specs import (
         ExecutorSpec,
         MethodSpec,
         ModelConfig,
@@ -93,7 +93,7 @@ def fusebench_register_methods() -> Sequence[MethodSpec]:
     Called once when the plugin manager is built, on every plugin.
 
     Returns:
-        A list of :class:`~benchmark.specs.MethodSpec`. Names must be unique across all
+        A list of :class:`~fusebench.specs.MethodSpec`. Names must be unique across all
         installed plugins; a clash is an error naming both distributions.
     """
 
@@ -105,7 +105,7 @@ def fusebench_register_tasks() -> Sequence[TaskSpec]:
     Called once when the plugin manager is built, on every plugin.
 
     Returns:
-        A list of :class:`~benchmark.specs.TaskSpec`; names must be unique.
+        A list of :class:`~fusebench.specs.TaskSpec`; names must be unique.
     """
 
 
@@ -118,7 +118,7 @@ def fusebench_register_pretraining_stages() -> Sequence[PretrainingStage]:
     fingerprint, task, stage config and seed and shared by every method that lists it.
 
     Returns:
-        A list of :class:`~benchmark.specs.PretrainingStage`.
+        A list of :class:`~fusebench.specs.PretrainingStage`.
     """
 
 
@@ -131,7 +131,7 @@ def fusebench_register_executors() -> Sequence[ExecutorSpec]:
     another scheduler is a plugin like any method.
 
     Returns:
-        A list of :class:`~benchmark.specs.ExecutorSpec`; names must be unique.
+        A list of :class:`~fusebench.specs.ExecutorSpec`; names must be unique.
     """
 
 
@@ -167,12 +167,12 @@ def fusebench_training_step(
     Called for every training batch, with the model in train mode and the batch on the device.
     Under torchrun the hook receives the plain module (not the DistributedDataParallel wrapper)
     and each optimizer averages its gradients across processes just before it steps, so a hook
-    written for one process trains correctly on several (see :mod:`benchmark.distributed`).
+    written for one process trains correctly on several (see :mod:`fusebench.distributed`).
 
     Args:
         method: the method being trained.
         model: the model.
-        batch: the batch (see the batch contract in :mod:`benchmark.specs`).
+        batch: the batch (see the batch contract in :mod:`fusebench.specs`).
         optimizers: what ``fusebench_configure_optimizers`` returned (or the harness default).
 
     Returns:

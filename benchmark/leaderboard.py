@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.errors import FusebenchError
-from benchmark.metrics import format_ci, score_predictions
-from benchmark.results import (
+from fusebench.errors import FusebenchError
+from fusebench.metrics import format_ci, score_predictions
+from fusebench.results import (
     atomic_write_bytes,
     atomic_write_json,
     file_lock,
@@ -29,8 +29,8 @@ from benchmark.results import (
     utc_now,
     validate_result,
 )
-from benchmark.runner import BOOTSTRAP_SEED, read_predictions
-from benchmark.specs import COHORTS, TaskSpec
+from fusebench.runner import BOOTSTRAP_SEED, read_predictions
+from fusebench.specs import COHORTS, TaskSpec
 
 __all__ = [
     "LEADERBOARD_SCHEMA_VERSION",

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.errors import FusebenchError
+from fusebench.errors import FusebenchError
 
 __all__ = [
     "auroc",

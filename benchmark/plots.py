@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark.leaderboard import summary_rows
-from benchmark.specs import COHORTS
+from fusebench.leaderboard import summary_rows
+from fusebench.specs import COHORTS
 
 __all__ = ["save_forest_plot"]
 
@@ -26,7 +26,7 @@ def save_forest_plot(board: dict[str, Any], path: Path) -> Path | None:
     cohort, ranked as in the tables, with the point estimate and its bootstrap 95% CI.
 
     Args:
-        board: a leaderboard as written by :func:`benchmark.leaderboard.rebuild_leaderboard`.
+        board: a leaderboard as written by :func:`fusebench.leaderboard.rebuild_leaderboard`.
         path: the PNG file to write.
 
     Returns:

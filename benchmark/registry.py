@@ -7,7 +7,7 @@ distribution and the error, and every other plugin still works. Environment vari
 - ``FUSEBENCH_DISABLE_PLUGINS=a,b``: skip the entry points named ``a`` and ``b``.
 
 Example:
-    >>> from benchmark.registry import load_registry
+    >>> from fusebench.registry import load_registry
     >>> registry = load_registry()
     >>> registry.task("phenotyping").num_classes
     25
@@ -27,9 +27,9 @@ from typing import Any
 
 import pluggy
 
-from benchmark import hookspecs
-from benchmark.errors import FusebenchError
-from benchmark.specs import ExecutorSpec, MethodSpec, PretrainingStage, TaskSpec
+from fusebench import hookspecs
+from fusebench.errors import FusebenchError
+from fusebench.specs import ExecutorSpec, MethodSpec, PretrainingStage, TaskSpec
 
 __all__ = [
     "ENTRY_POINT_GROUP",

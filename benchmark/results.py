@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import FusebenchError
+from fusebench.errors import FusebenchError
 
 __all__ = [
     "SCHEMA_VERSION",

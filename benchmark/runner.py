@@ -5,14 +5,14 @@ Layout of a run folder (``{out}/{dataset}/{task}/{method}/{train_cohort}/seed{se
     checkpoint.pt (+ .sha256.json)   state after the last finished epoch (for --resume)
     predictions-paired.csv           stay_id, prob:<label>..., true:<label>...
     predictions-partial.csv
-    result-paired.json               validated result (benchmark.results schema)
+    result-paired.json               validated result (fusebench.results schema)
     result-partial.json
     failed.json                      only when the run failed: the error, for the leaderboard
 
 Pretraining stages are cached under ``{out}/stages/{data fingerprint}/`` (a stage every task
 shares: ``{out}/stages/images-{radiology fingerprint}/``).
 
-Under torchrun (see :mod:`benchmark.distributed`) every rank runs the same code: the ranks train
+Under torchrun (see :mod:`fusebench.distributed`) every rank runs the same code: the ranks train
 pretraining stages and the model together, and rank 0 alone reads and writes the files above
 (stage weights, checkpoints, predictions, results, ``failed.json``), handing what it read to the
 other ranks; ``training.world_size`` in the result records how many ranks trained.
@@ -33,14 +33,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmark import __version__, distributed
-from benchmark.checkpoints import load_checkpoint_if_exists, save_checkpoint
-from benchmark.errors import FusebenchError
-from benchmark.metrics import score_predictions
-from benchmark.presets import get_preset
-from benchmark.progress import RunProgress
-from benchmark.registry import Registry
-from benchmark.results import (
+from fusebench import __version__, distributed
+from fusebench.checkpoints import load_checkpoint_if_exists, save_checkpoint
+from fusebench.errors import FusebenchError
+from fusebench.metrics import score_predictions
+from fusebench.presets import get_preset
+from fusebench.progress import RunProgress
+from fusebench.registry import Registry
+from fusebench.results import (
     SCHEMA_VERSION,
     atomic_write_bytes,
     atomic_write_json,
@@ -51,14 +51,14 @@ from benchmark.results import (
     utc_now,
     write_result,
 )
-from benchmark.specs import COHORTS, MethodSpec, ModelConfig, PretrainingStage, TaskSpec
-from benchmark.steps import (
+from fusebench.specs import COHORTS, MethodSpec, ModelConfig, PretrainingStage, TaskSpec
+from fusebench.steps import (
     build_optimizers,
     default_optimizers,
     default_training_step,
     training_step,
 )
-from benchmark.train import fit, predict
+from fusebench.train import fit, predict
 
 __all__ = [
     "RunRequest",
@@ -83,7 +83,7 @@ class RunRequest:
         method: method name.
         train_cohort: ``paired`` / ``partial``; None: the method's default.
         seed: training seed.
-        preset: ``paper`` or ``quick`` (see :mod:`benchmark.presets`).
+        preset: ``paper`` or ``quick`` (see :mod:`fusebench.presets`).
         overrides: hyper-parameters from the command line (``epochs``, ``batch_size``, ``lr``).
         device: torch device string.
         cxr_weights: optional local ImageNet ResNet34 weights.
@@ -143,7 +143,7 @@ def _resolved_hparams(request: RunRequest, method: MethodSpec) -> dict[str, Any]
 
 
 class _StageContext:
-    """The harness side of :class:`benchmark.hookspecs.StageContext`."""
+    """The harness side of :class:`fusebench.hookspecs.StageContext`."""
 
     def __init__(self, task: TaskSpec, data: Any, request: RunRequest, stage: str,
                  model_config: ModelConfig, progress: RunProgress | None) -> None:
@@ -282,7 +282,7 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
     Args:
         registry: plugins.
         request: what to run.
-        data: the task's :class:`benchmark.data.PreparedData`.
+        data: the task's :class:`fusebench.data.PreparedData`.
         resume: continue from the last checkpoint; a finished run is returned as it is.
         progress: live display.
 

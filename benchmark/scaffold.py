@@ -2,7 +2,7 @@
 
 :func:`scaffold_plugin` writes an installable plugin package whose method works out of the box
 (an EHR GRU and a small CNN on the present images, concatenated) and whose own test runs the
-conformance suite of :mod:`benchmark.testing`, so that right after ``pip install -e DIR`` both
+conformance suite of :mod:`fusebench.testing`, so that right after ``pip install -e DIR`` both
 ``pytest DIR/tests`` and ``fusebench plugins check NAME`` pass.
 
 Example:
@@ -25,9 +25,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.cli_common import registry_for_cli
-from benchmark.errors import FusebenchError
-from benchmark.testing import CheckResult, check_method
+from fusebench.cli_common import registry_for_cli
+from fusebench.errors import FusebenchError
+from fusebench.testing import CheckResult, check_method
 
 __all__ = [
     "NAME_PATTERN",
@@ -84,7 +84,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from benchmark import MethodSpec, ModelConfig, hookimpl
+from fusebench import MethodSpec, ModelConfig, hookimpl
 
 METHOD_NAME = "$name"
 
@@ -163,7 +163,7 @@ def fusebench_register_methods() -> list[MethodSpec]:
 _TEST = Template('''\
 """The fusebench conformance suite on $name (needs the package installed)."""
 
-from benchmark.testing import assert_conforms
+from fusebench.testing import assert_conforms
 
 
 def test_${identifier}_conforms_to_the_fusebench_contract():

@@ -1,6 +1,6 @@
 """The value types a plugin hands to the harness: methods, tasks and pretraining stages.
 
-A plugin returns these from the hooks in :mod:`benchmark.hookspecs`. They are frozen dataclasses so
+A plugin returns these from the hooks in :mod:`fusebench.hookspecs`. They are frozen dataclasses so
 that a registered spec cannot be changed behind the harness's back.
 
 The batch contract every model's ``forward`` receives (a ``dict[str, torch.Tensor]``):
@@ -170,7 +170,7 @@ class PretrainingStage:
         name: unique stage name, e.g. ``"cxr-radiology"``.
         description: one line.
         run: ``run(context) -> dict[str, torch.Tensor]``; ``context`` is a
-            :class:`benchmark.hookspecs.StageContext`. Returns the state dict to cache.
+            :class:`fusebench.hookspecs.StageContext`. Returns the state dict to cache.
         config: JSON-serialisable settings that change the result (part of the cache key).
         per_task: False when ``run`` fits on the ``"radiology"`` cohort only and uses nothing
             of ``context.task``, so its weights are the same for every task.
@@ -189,8 +189,8 @@ class PretrainingStage:
 class ExecutorSpec:
     """An engine that runs the leaderboard grid's jobs (``fusebench leaderboard --executor``).
 
-    The harness turns the grid into picklable :class:`benchmark.executors.GridJob` values and
-    hands them to the executor; each job is run by :func:`benchmark.executors.run_job` wherever
+    The harness turns the grid into picklable :class:`fusebench.executors.GridJob` values and
+    hands them to the executor; each job is run by :func:`fusebench.executors.run_job` wherever
     the executor places it (a thread of this process, another process, a SLURM job, a Ray task),
     and writes its files into the run folders under ``--out``, which must be visible to the
     workers. The executor reports every job back as it ends; the harness then rebuilds the
@@ -201,9 +201,9 @@ class ExecutorSpec:
         description: one line.
         run: ``run(jobs, settings, report)``: run every job of the sequence, calling
             ``report(outcome)`` in the calling process for each one as it ends, with the
-            :class:`benchmark.executors.JobOutcome` that ``run_job`` returned, or
+            :class:`fusebench.executors.JobOutcome` that ``run_job`` returned, or
             :meth:`JobOutcome.lost` when the worker died and no retry was left.
-            ``settings`` is a :class:`benchmark.executors.ExecutorSettings`.
+            ``settings`` is a :class:`fusebench.executors.ExecutorSettings`.
     """
 
     name: str

@@ -7,7 +7,7 @@ Under torchrun the training loop passes the model wrapped in DistributedDataPara
 step runs through the wrapper, which averages gradients across ranks during backward; a method's
 hook gets the plain module (it may check the model's type and call its own methods, which DDP
 would not synchronise), and each of its ``optimizer.step()`` calls first averages the gradients
-of that optimizer's parameters across ranks (:func:`benchmark.distributed.averaging_gradients`).
+of that optimizer's parameters across ranks (:func:`fusebench.distributed.averaging_gradients`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark import distributed
-from benchmark.registry import Registry
-from benchmark.specs import MethodSpec
+from fusebench import distributed
+from fusebench.registry import Registry
+from fusebench.specs import MethodSpec
 
 __all__ = ["build_optimizers", "default_optimizers", "default_training_step", "training_step"]
 

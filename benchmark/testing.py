@@ -6,7 +6,7 @@ Everything runs on the CPU with tiny images (32 px by default) in seconds per me
 Example:
     In a plugin package's tests::
 
-        from benchmark.testing import assert_conforms
+        from fusebench.testing import assert_conforms
 
         def test_conformance():
             assert_conforms("my-method")
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.registry import Registry, load_registry
-from benchmark.specs import MethodSpec, ModelConfig, TaskSpec
-from benchmark.steps import build_optimizers, training_step
+from fusebench.registry import Registry, load_registry
+from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
+from fusebench.steps import build_optimizers, training_step
 
 __all__ = [
     "CheckResult",
@@ -80,7 +80,7 @@ def make_batch(
     seq_len: int = 12,
     seed: int = 0,
 ) -> Batch:
-    """A synthetic batch of the contract in :mod:`benchmark.specs`.
+    """A synthetic batch of the contract in :mod:`fusebench.specs`.
 
     Args:
         task: gives the number of labels C.
@@ -96,7 +96,7 @@ def make_batch(
         stay's length and images are zero where ``has_cxr`` is False.
 
     Example:
-        >>> from tasks.builtin import PHENOTYPING
+        >>> from fusebench.tasks.builtin import PHENOTYPING
         >>> make_batch(PHENOTYPING, 4, cxr_present="none")["y"].shape
         torch.Size([4, 25])
     """

@@ -6,8 +6,8 @@ timed steps, each bracketed by ``torch.cuda.synchronize`` on CUDA. Step times ar
 median and interquartile range; samples/s is the number of samples over the total timed seconds.
 
 * inference: ``model.eval()`` under ``torch.inference_mode()`` (and autocast with ``amp``);
-* training: ``model.train()``, one :func:`benchmark.steps.training_step` with the method's
-  optimizers from :func:`benchmark.steps.build_optimizers`, so a custom step (MMTM's three
+* training: ``model.train()``, one :func:`fusebench.steps.training_step` with the method's
+  optimizers from :func:`fusebench.steps.build_optimizers`, so a custom step (MMTM's three
   losses) is measured as it trains.
 
 Two modes: ``model`` feeds one synthetic batch of the task's shapes again and again (IHM: 48
@@ -52,15 +52,15 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from benchmark import __version__
-from benchmark.cli_common import err_console, registry_for_cli, resolve_device
-from benchmark.data.cli import data_options
-from benchmark.errors import FusebenchError
-from benchmark.progress import make_progress
-from benchmark.registry import Registry, get_registry
-from benchmark.results import atomic_write_json, utc_now
-from benchmark.specs import MethodSpec, ModelConfig, TaskSpec
-from benchmark.steps import build_optimizers, training_step
+from fusebench import __version__
+from fusebench.cli_common import err_console, registry_for_cli, resolve_device
+from fusebench.data.cli import data_options
+from fusebench.errors import FusebenchError
+from fusebench.progress import make_progress
+from fusebench.registry import Registry, get_registry
+from fusebench.results import atomic_write_json, utc_now
+from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
+from fusebench.steps import build_optimizers, training_step
 
 __all__ = [
     "PARTIAL_CXR_FRACTION",
@@ -195,13 +195,13 @@ def _cxr_fraction(method: MethodSpec) -> float:
 
 def synthetic_batch(task: TaskSpec, batch_size: int, *, ehr_bins: int, image_size: int,
                     cxr_fraction: float, seed: int = 0) -> Batch:
-    """A batch of the contract in :mod:`benchmark.specs` with every stay ``ehr_bins`` long.
+    """A batch of the contract in :mod:`fusebench.specs` with every stay ``ehr_bins`` long.
 
     Stays ``0, k, 2k, ...`` have an image where ``k = round(1 / cxr_fraction)`` (all of them for
     fraction 1); the others carry the zero image and ``has_cxr`` False.
 
     Example:
-        >>> from tasks.builtin import IN_HOSPITAL_MORTALITY
+        >>> from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY
         >>> batch = synthetic_batch(IN_HOSPITAL_MORTALITY, 8, ehr_bins=48, image_size=32,
         ...                         cxr_fraction=0.25)
         >>> batch["ehr"].shape, int(batch["has_cxr"].sum())
@@ -577,7 +577,7 @@ def measure_throughput(
         iters: timed steps per phase.
         image_size: image side in model-only mode (end-to-end uses the data's).
         mode: ``"model"`` (synthetic batches) or ``"end-to-end"`` (``data``'s training cohort).
-        data: a :class:`benchmark.data.PreparedData` for end-to-end mode.
+        data: a :class:`fusebench.data.PreparedData` for end-to-end mode.
         progress: show a progress bar.
         registry: plugins whose hooks run the training step (default: the process registry).
 
@@ -589,7 +589,7 @@ def measure_throughput(
             size 1.
 
     Example:
-        >>> from benchmark.registry import get_registry
+        >>> from fusebench.registry import get_registry
         >>> registry = get_registry()
         >>> records = measure_throughput(  # doctest: +SKIP
         ...     registry.method("medfuse"), registry.task("in-hospital-mortality"), iters=5)
@@ -721,8 +721,8 @@ def _check_writable(path: Path) -> None:
 
 
 def _prepared_data(task: TaskSpec, data_settings: dict[str, Any]) -> Any:
-    from benchmark.data import prepare
-    from benchmark.data.cli import data_config_from_options
+    from fusebench.data import prepare
+    from fusebench.data.cli import data_config_from_options
 
     return prepare(data_config_from_options(**data_settings), task)
 

@@ -5,7 +5,7 @@ resumed from the checkpoint of epoch k continues exactly as the uninterrupted ru
 Validation computes point metrics only (macro AUROC and loss); the bootstrap runs once, on the
 test predictions.
 
-Under torchrun (see :mod:`benchmark.distributed`) the ranks train one model: each epoch's order is
+Under torchrun (see :mod:`fusebench.distributed`) the ranks train one model: each epoch's order is
 sharded over the ranks, each rank steps on ``batch_size // world_size`` rows (at least 1) so that
 one optimisation step sees the recipe's global batch and an epoch takes as many steps as in a
 single process (the learning rate stays the recipe's); validation is gathered so that every rank
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark import distributed
-from benchmark.checkpoints import load_checkpoint_if_exists, save_checkpoint
-from benchmark.metrics import auroc
-from benchmark.progress import RunProgress
+from fusebench import distributed
+from fusebench.checkpoints import load_checkpoint_if_exists, save_checkpoint
+from fusebench.metrics import auroc
+from fusebench.progress import RunProgress
 
 __all__ = ["FitOutcome", "StepFunction", "epoch_seed", "fit", "macro_auroc", "predict"]
 
@@ -127,7 +127,7 @@ def fit(
 
     Args:
         model: the model, already on ``device``; under torchrun ``step`` gets it wrapped by
-            :func:`benchmark.distributed.wrap_model`.
+            :func:`fusebench.distributed.wrap_model`.
         train: a cohort view with ``batches(...)``, ``labels``.
         val: the validation view.
         hparams: ``epochs``, ``batch_size``, ``patience`` (early stopping, epochs without a

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import MethodSpec, ModelConfig
-from plugins.encoders import (
+from fusebench.hookspecs import hookimpl
+from fusebench.plugins.encoders import (
     CXR_STAGE,
     EHR_STAGE,
     IHM,
@@ -29,7 +28,8 @@ from plugins.encoders import (
     load_encoder_state,
     medfuse_2022_hparams,
 )
-from plugins.mmtm import masked_time_mean
+from fusebench.plugins.mmtm import masked_time_mean
+from fusebench.specs import MethodSpec, ModelConfig
 
 __all__ = ["DAFTBlock", "DAFTFusion", "default_layer_after", "fusebench_register_methods"]
 

@@ -7,7 +7,7 @@ state dicts of these two classes are what the pretraining stages produce and wha
 methods load, so every method must build its encoders from here.
 
 Example:
-    >>> from benchmark.specs import ModelConfig
+    >>> from fusebench.specs import ModelConfig
     >>> encoder = EHREncoder.from_config(ModelConfig(task="phenotyping", num_classes=25))
     >>> encoder.feature_dim
     256
@@ -25,8 +25,8 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.errors import FusebenchError
-from benchmark.specs import ModelConfig
+from fusebench.errors import FusebenchError
+from fusebench.specs import ModelConfig
 
 __all__ = [
     "CXR_STAGE",

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import MethodSpec, ModelConfig
-from plugins.encoders import medfuse_2022_hparams
-from plugins.unimodal import UniCXR, UniEHR
+from fusebench.hookspecs import hookimpl
+from fusebench.plugins.encoders import medfuse_2022_hparams
+from fusebench.plugins.unimodal import UniCXR, UniEHR
+from fusebench.specs import MethodSpec, ModelConfig
 
 __all__ = ["LateFusion", "fusebench_register_methods", "fusebench_training_step"]
 

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import MethodSpec, ModelConfig
-from plugins.encoders import (
+from fusebench.hookspecs import hookimpl
+from fusebench.plugins.encoders import (
     CXR_STAGE,
     EHR_STAGE,
     CXREncoder,
@@ -21,6 +20,7 @@ from plugins.encoders import (
     load_encoder_state,
     medfuse_2022_hparams,
 )
+from fusebench.specs import MethodSpec, ModelConfig
 
 __all__ = ["MedFuse", "fusebench_register_methods"]
 

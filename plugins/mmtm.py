@@ -24,10 +24,9 @@ import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from benchmark.errors import FusebenchError
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import MethodSpec, ModelConfig
-from plugins.encoders import (
+from fusebench.errors import FusebenchError
+from fusebench.hookspecs import hookimpl
+from fusebench.plugins.encoders import (
     CXR_STAGE,
     EHR_STAGE,
     CXREncoder,
@@ -36,6 +35,7 @@ from plugins.encoders import (
     load_encoder_state,
     medfuse_2022_hparams,
 )
+from fusebench.specs import MethodSpec, ModelConfig
 
 __all__ = [
     "MMTM",

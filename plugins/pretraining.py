@@ -2,10 +2,10 @@
 
 - ``cxr-radiology``: ResNet34 (ImageNet weights when a local file is given) + Linear(512, 14)
   trained on all chest X-rays of the split with the 14 radiology labels; returns the
-  :class:`~plugins.encoders.CXREncoder` state dict. It does not depend on the task, so both
+  :class:`~fusebench.plugins.encoders.CXREncoder` state dict. It does not depend on the task, so both
   tasks share one run.
 - ``ehr-uni``: uni-EHR trained on every stay of the task (cohort ``partial``); returns the
-  :class:`~plugins.encoders.EHREncoder` state dict.
+  :class:`~fusebench.plugins.encoders.EHREncoder` state dict.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.hookspecs import StageContext, hookimpl
-from benchmark.specs import PretrainingStage
-from plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, medfuse_2022_hparams
-from plugins.unimodal import UNI_EHR_HPARAMS, UniEHR
+from fusebench.hookspecs import StageContext, hookimpl
+from fusebench.plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, medfuse_2022_hparams
+from fusebench.plugins.unimodal import UNI_EHR_HPARAMS, UniEHR
+from fusebench.specs import PretrainingStage
 
 __all__ = ["RadiologyModel", "fusebench_register_pretraining_stages", "run_cxr_radiology",
            "run_ehr_uni"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import MethodSpec, ModelConfig
-from plugins.encoders import CXREncoder, EHREncoder, init_medfuse_, medfuse_2022_hparams
+from fusebench.hookspecs import hookimpl
+from fusebench.plugins.encoders import CXREncoder, EHREncoder, init_medfuse_, medfuse_2022_hparams
+from fusebench.specs import MethodSpec, ModelConfig
 
 __all__ = ["UNI_EHR_HPARAMS", "UniCXR", "UniEHR", "fusebench_register_methods"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import TaskSpec
+from fusebench.hookspecs import hookimpl
+from fusebench.specs import TaskSpec
 
 __all__ = ["IN_HOSPITAL_MORTALITY", "PHENOTYPES", "PHENOTYPING", "fusebench_register_tasks"]
 

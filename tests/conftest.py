@@ -6,7 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.data.demo import generate_demo
+from fusebench.data.demo import generate_demo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own ``FUSEBENCH_HOME``, ``FUSEBENCH_CACHE`` and working folder.
+
+    Nothing a test writes lands in ``~/.cache/fusebench`` or the working tree, and no test sees
+    what another one left behind.
+    """
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("FUSEBENCH_HOME", str(home / "fusebench-home"))
+    monkeypatch.setenv("FUSEBENCH_CACHE", str(home / "fusebench-cache"))
+    monkeypatch.chdir(home)
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.data import DataConfig, prepare
-from benchmark.errors import FusebenchError
-from tasks.builtin import IN_HOSPITAL_MORTALITY
+from fusebench.data import DataConfig, prepare
+from fusebench.errors import FusebenchError
+from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import episode_text, make_dataset

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.data import ehr_build
-from benchmark.data.discretizer import discretize
-from benchmark.data.ehr_build import discretized_chunks
-from benchmark.data.readers import read_episodes
-from benchmark.errors import FusebenchError
+from fusebench.data import ehr_build
+from fusebench.data.discretizer import discretize
+from fusebench.data.ehr_build import discretized_chunks
+from fusebench.data.readers import read_episodes
+from fusebench.errors import FusebenchError
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import CONFIG, episode_text

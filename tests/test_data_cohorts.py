@@ -12,10 +12,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmark.data import DataConfig, prepare
-from benchmark.data.cache import ensure_entry
-from benchmark.data.cli import data_group
-from tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
+from fusebench.data import DataConfig, prepare
+from fusebench.data.cache import ensure_entry
+from fusebench.data.cli import data_group
+from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import make_dataset

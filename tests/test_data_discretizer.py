@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.data.discretizer import (
+from fusebench.data.discretizer import (
     discretize,
     load_medfuse_normalizer,
     normalize,
     normalizer_statistics,
 )
-from benchmark.data.ehr_build import build_ehr_arrays
-from benchmark.data.readers import read_episodes
+from fusebench.data.ehr_build import build_ehr_arrays
+from fusebench.data.readers import read_episodes
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import CONFIG, episode_text, reference_discretize, reference_rows

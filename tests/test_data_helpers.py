@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from benchmark.data.discretizer import EPS, load_discretizer_config
-from benchmark.data.layout import CHEXPERT_LABELS
-from tasks.builtin import PHENOTYPES
+from fusebench.data.discretizer import EPS, load_discretizer_config
+from fusebench.data.layout import CHEXPERT_LABELS
+from fusebench.tasks.builtin import PHENOTYPES
 
 CONFIG = load_discretizer_config()
 HEADER = ["Hours", *CONFIG.channels]

@@ -16,10 +16,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmark.data import demo
-from benchmark.data.demo import demo_command, ensure_demo, generate_demo
-from benchmark.errors import FusebenchError
-from tasks.builtin import PHENOTYPES
+from fusebench.data import demo
+from fusebench.data.demo import demo_command, ensure_demo, generate_demo
+from fusebench.errors import FusebenchError
+from fusebench.tasks.builtin import PHENOTYPES
 
 RESOURCES = Path(demo.__file__).parent / "resources"
 CONFIG = json.loads((RESOURCES / "discretizer_config.json").read_text())

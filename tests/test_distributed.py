@@ -24,12 +24,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import MethodSpec, distributed, hookimpl
-from benchmark.checkpoints import load_checkpoint
-from benchmark.data import DataConfig, PreparedData, prepare
-from benchmark.errors import FusebenchError
-from benchmark.registry import get_registry
-from benchmark.results import read_result
+from fusebench import MethodSpec, distributed, hookimpl
+from fusebench.checkpoints import load_checkpoint
+from fusebench.data import DataConfig, PreparedData, prepare
+from fusebench.errors import FusebenchError
+from fusebench.registry import get_registry
+from fusebench.results import read_result
 
 PLUGIN = "tests.test_distributed"
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def fusebench_run(processes: int, method: str, data: Path, out: Path, *extra: st
     """``fusebench run`` on the tiny demo, in one process or under torchrun with ``processes``."""
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                  str(processes), "--standalone"] if processes > 1 else [sys.executable])
-    command = [*launcher, "-m", "benchmark.cli", "--plugin", PLUGIN, "run", "--task", task,
+    command = [*launcher, "-m", "fusebench.cli", "--plugin", PLUGIN, "run", "--task", task,
                "--method", method, "--data-root", str(data), "--out", str(out),
                "--preset", "quick", "--device", "cpu", "--n-resamples", "50", *extra]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)

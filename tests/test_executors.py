@@ -16,12 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.data import DataConfig
-from benchmark.executors import GridJob
-from benchmark.grid import _stage_jobs, _waves
-from benchmark.leaderboard import load_leaderboard
-from benchmark.registry import load_registry
-from benchmark.runner import RunRequest
+from fusebench.data import DataConfig
+from fusebench.executors import GridJob
+from fusebench.grid import _stage_jobs, _waves
+from fusebench.leaderboard import load_leaderboard
+from fusebench.registry import load_registry
+from fusebench.runner import RunRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 IHM = "in-hospital-mortality"
@@ -31,7 +31,7 @@ PLUGINS = ["--plugin", "tests.fixtures.faulty_methods", "--plugin", "tests.fixtu
 def leaderboard(data: Path, folder: Path, *options: str, methods: str = "uni-ehr",
                 env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """``fusebench leaderboard`` on the tiny demo data, run from the repository (for the plugins)."""
-    command = [sys.executable, "-m", "benchmark.cli", *PLUGINS, "leaderboard", "--methods",
+    command = [sys.executable, "-m", "fusebench.cli", *PLUGINS, "leaderboard", "--methods",
                methods, "--tasks", IHM, "--data-root", str(data), "--out", str(folder / "runs"),
                "--leaderboard-dir", str(folder), "--preset", "quick", "--epochs", "1",
                "--n-resamples", "50", *options]

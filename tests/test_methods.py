@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import FusebenchError
-from benchmark.registry import load_registry
-from benchmark.specs import MethodSpec, ModelConfig
-from benchmark.steps import build_optimizers, training_step
-from benchmark.testing import check_method, make_batch, trainable_parameter_count
-from plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, EHREncoder, _length_groups
-from plugins.pretraining import run_cxr_radiology, run_ehr_uni
-from tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
+from fusebench.errors import FusebenchError
+from fusebench.plugins.encoders import CXR_STAGE, EHR_STAGE, CXREncoder, EHREncoder, _length_groups
+from fusebench.plugins.pretraining import run_cxr_radiology, run_ehr_uni
+from fusebench.registry import load_registry
+from fusebench.specs import MethodSpec, ModelConfig
+from fusebench.steps import build_optimizers, training_step
+from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
+from fusebench.testing import check_method, make_batch, trainable_parameter_count
 from tests.fixtures.packed_lstm import packed_lstm_features
 
 REGISTRY = load_registry(strict=True)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from benchmark import metrics
-from benchmark.errors import FusebenchError
-from benchmark.metrics import (
+from fusebench import metrics
+from fusebench.errors import FusebenchError
+from fusebench.metrics import (
     auroc,
     auroc_resampled,
     average_precision,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from benchmark.plots import save_forest_plot
+from fusebench.plots import save_forest_plot
 
 
 def entry(method: str, test_cohort: str, auroc: float) -> dict:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.errors import FusebenchError
-from benchmark.scaffold import package_name, scaffold_plugin
+from fusebench.errors import FusebenchError
+from fusebench.scaffold import package_name, scaffold_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSEBENCH = [str(Path(sys.executable).parent / "fusebench")]

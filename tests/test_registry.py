@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmark.cli import cli
-from benchmark.errors import FusebenchError
-from benchmark.registry import PluginWarning, load_registry, set_extra_plugins
+from fusebench.cli import cli
+from fusebench.errors import FusebenchError
+from fusebench.registry import PluginWarning, load_registry, set_extra_plugins
 
 GOOD = """
 import torch
-from benchmark import MethodSpec, hookimpl
+from fusebench import MethodSpec, hookimpl
 
 class Model(torch.nn.Module):
     def __init__(self, config):
@@ -80,7 +80,7 @@ def test_broken_plugin_warns_and_others_still_work(site):
 
 
 def test_plugin_raising_at_registration_is_isolated(site):
-    source = "from benchmark import hookimpl\n@hookimpl\ndef fusebench_register_methods():\n    1 / 0\n"
+    source = "from fusebench import hookimpl\n@hookimpl\ndef fusebench_register_methods():\n    1 / 0\n"
     make_distribution(site, "zero-fusion", {"zero_fusion": source})
     make_distribution(site, "acme-fusion", {"acme_fusion": GOOD.format(name="acme")})
     with pytest.warns(PluginWarning, match="ZeroDivisionError"):
@@ -89,7 +89,7 @@ def test_plugin_raising_at_registration_is_isolated(site):
 
 
 def test_misspelled_hook_is_reported(site):
-    source = "from benchmark import hookimpl\n@hookimpl\ndef fusebench_register_method():\n    return []\n"
+    source = "from fusebench import hookimpl\n@hookimpl\ndef fusebench_register_method():\n    return []\n"
     make_distribution(site, "typo-fusion", {"typo_fusion": source})
     with pytest.warns(PluginWarning, match="typo_fusion.*fusebench_register_method"):
         registry = load_registry()

@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.checkpoints import load_checkpoint, save_checkpoint
-from benchmark.cli import main
-from benchmark.errors import FusebenchError
-from benchmark.leaderboard import load_leaderboard, merge_result
-from benchmark.registry import extra_plugins, set_extra_plugins
-from benchmark.results import atomic_write_json, read_result, write_result
+from fusebench.checkpoints import load_checkpoint, save_checkpoint
+from fusebench.cli import main
+from fusebench.errors import FusebenchError
+from fusebench.leaderboard import load_leaderboard, merge_result
+from fusebench.registry import extra_plugins, set_extra_plugins
+from fusebench.results import atomic_write_json, read_result, write_result
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import make_dataset
@@ -59,7 +59,7 @@ def replace(src, dst, *args, **kwargs):
                     os.kill(os.getpid(), signal.SIGKILL)
     return real_replace(src, dst, *args, **kwargs)
 os.replace = replace
-from benchmark.cli import main
+from fusebench.cli import main
 main(sys.argv[4:])
 """
 
@@ -75,9 +75,9 @@ def _restore_plugins():
 def fusebench(*args: str, env: dict | None = None, check: bool = True,
               kill_on_replace: tuple[str, str, int] | None = None,
               **popen: object) -> subprocess.CompletedProcess:
-    """The real console entry point in a child process (``python -m benchmark.cli``)."""
+    """The real console entry point in a child process (``python -m fusebench.cli``)."""
     if kill_on_replace is None:
-        command = [sys.executable, "-m", "benchmark.cli"]
+        command = [sys.executable, "-m", "fusebench.cli"]
     else:
         name, marker, count = kill_on_replace
         command = [sys.executable, "-c", KILL_ON_REPLACE, name, marker, str(count)]
@@ -220,7 +220,7 @@ def test_concurrent_merge_commands_wait_for_the_lock_and_keep_every_entry(tmp_pa
     lock = open(f"{board}.lock", "a")  # noqa: SIM115 - held across the block below
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merges = [subprocess.Popen([sys.executable, "-m", "benchmark.cli", "leaderboard", "merge",
+        merges = [subprocess.Popen([sys.executable, "-m", "fusebench.cli", "leaderboard", "merge",
                                     str(files[name]), "--leaderboard-file", str(board)],
                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True) for name in ("merge-a", "merge-b")]
@@ -251,7 +251,7 @@ def test_two_grids_at_once_on_one_leaderboard_keep_both(demo_tiny_root, tmp_path
     """Two grid processes with their own run folders write the same leaderboard at the same
     time (and build the same data cache at the same time)."""
     env = {**os.environ, "FUSEBENCH_CACHE": str(tmp_path / "cache")}
-    grids = [subprocess.Popen([sys.executable, "-m", "benchmark.cli", "--plugin", PLUGIN,
+    grids = [subprocess.Popen([sys.executable, "-m", "fusebench.cli", "--plugin", PLUGIN,
                                *grid_args(demo_tiny_root, tmp_path, method, out=f"runs-{method}")],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for method in ("ok-ehr", "kill-ehr")]
@@ -326,7 +326,7 @@ def test_kill_while_writing_a_checkpoint_then_resume_matches_an_uninterrupted_ru
 
 
 def test_crash_between_checksum_and_data_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import benchmark.checkpoints as checkpoints
+    import fusebench.checkpoints as checkpoints
 
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"epoch": 1})
@@ -457,8 +457,8 @@ def test_merge_command_refuses_a_result_from_other_data(tmp_path, capsys):
 
 
 def test_image_paths_from_the_metadata_stay_inside_the_data_root(tmp_path):
-    from benchmark.data import DataConfig, prepare
-    from tasks.builtin import IN_HOSPITAL_MORTALITY
+    from fusebench.data import DataConfig, prepare
+    from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY
 
     ehr, cxr = make_dataset(tmp_path / "data")
     metadata = cxr / "mimic-cxr-2.0.0-metadata.csv"

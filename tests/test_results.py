@@ -11,10 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmark.checkpoints import load_checkpoint, save_checkpoint
-from benchmark.errors import FusebenchError
-from benchmark.leaderboard import load_leaderboard, merge_result, render_markdown
-from benchmark.results import SCHEMA_VERSION, read_result, validate_result, write_result
+from fusebench.checkpoints import load_checkpoint, save_checkpoint
+from fusebench.errors import FusebenchError
+from fusebench.leaderboard import load_leaderboard, merge_result, render_markdown
+from fusebench.results import SCHEMA_VERSION, read_result, validate_result, write_result
 
 
 def make_result(method: str = "acme", fingerprint: str = "f" * 64, seed: int = 0,
@@ -71,7 +71,7 @@ def test_truncated_result_file_is_reported_with_the_way_out(tmp_path):
 
 
 def test_results_validate_command_exit_status(tmp_path):
-    from benchmark.cli import cli
+    from fusebench.cli import cli
 
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     write_result(good, make_result())

@@ -13,14 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmark import leaderboard
-from benchmark.cli import cli
-from benchmark.data import DataConfig, prepare
-from benchmark.leaderboard import load_leaderboard
-from benchmark.metrics import score_predictions
-from benchmark.registry import load_registry
-from benchmark.runner import RunRequest, pretrain
-from plugins.encoders import CXR_STAGE, EHR_STAGE
+from fusebench import leaderboard
+from fusebench.cli import cli
+from fusebench.data import DataConfig, prepare
+from fusebench.leaderboard import load_leaderboard
+from fusebench.metrics import score_predictions
+from fusebench.plugins.encoders import CXR_STAGE, EHR_STAGE
+from fusebench.registry import load_registry
+from fusebench.runner import RunRequest, pretrain
 
 PLUGIN = "tests.fixtures.faulty_methods"
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ IHM = "in-hospital-mortality"
 
 def fusebench(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real console entry point in a child process (so it can be killed)."""
-    command = [sys.executable, "-m", "benchmark.cli", "--plugin", PLUGIN, *args]
+    command = [sys.executable, "-m", "fusebench.cli", "--plugin", PLUGIN, *args]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                              env={**os.environ, **(env or {})})
     if check and process.returncode != 0:

@@ -20,13 +20,14 @@ from click.testing import CliRunner
 from rich.console import Console
 from torch import nn
 
-from benchmark.data import DataConfig, prepare
-from benchmark.errors import FusebenchError
-from benchmark.hookspecs import hookimpl
-from benchmark.registry import Registry, load_registry, set_extra_plugins
-from benchmark.specs import MethodSpec, ModelConfig
-from benchmark.steps import default_training_step
-from benchmark.throughput import (
+from fusebench.data import DataConfig, prepare
+from fusebench.errors import FusebenchError
+from fusebench.hookspecs import hookimpl
+from fusebench.registry import Registry, load_registry, set_extra_plugins
+from fusebench.specs import MethodSpec, ModelConfig
+from fusebench.steps import default_training_step
+from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
+from fusebench.throughput import (
     PHENOTYPING_BINS,
     hardware_info,
     leaderboard_record,
@@ -37,7 +38,6 @@ from benchmark.throughput import (
     throughput_command,
     write_records,
 )
-from tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
 
 FAST = {"warmup": 1, "iters": 2, "image_size": 32, "progress": False}
 STEP_CALLS: Counter[str] = Counter()
@@ -273,7 +273,7 @@ def test_tables_never_mix_hardware(registry: Registry) -> None:
 
 
 def test_leaderboard_record_uses_the_methods_batch_size(cli_registry: None) -> None:
-    from benchmark.registry import get_registry
+    from fusebench.registry import get_registry
 
     method = get_registry().method("tiny-fusion")
     record = leaderboard_record(method, IN_HOSPITAL_MORTALITY, device="cpu", image_size=32)

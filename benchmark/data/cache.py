@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import FusebenchError
+from fusebench.errors import FusebenchError
 
 __all__ = [
     "CACHE_VERSION",

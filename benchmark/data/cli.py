@@ -11,11 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.data.cohorts import prepare
-from benchmark.data.demo import MANIFEST, demo_command, ensure_demo
-from benchmark.data.layout import SPLITS, DataConfig
-from benchmark.data.prepare_cxr import prepare_cxr
-from benchmark.errors import FusebenchError
+from fusebench.data.cohorts import prepare
+from fusebench.data.demo import MANIFEST, demo_command, ensure_demo
+from fusebench.data.layout import SPLITS, DataConfig
+from fusebench.data.prepare_cxr import prepare_cxr
+from fusebench.errors import FusebenchError
 
 __all__ = ["data_config_from_options", "data_group", "data_options"]
 
@@ -81,7 +81,7 @@ def data_group() -> None:
 @data_options
 def info_command(as_json: bool, task_names: tuple[str, ...], **options: Any) -> None:
     """Stays, positives, paired fraction, cache state and skipped rows per task/split/cohort."""
-    from benchmark.cli_common import registry_for_cli
+    from fusebench.cli_common import registry_for_cli
 
     registry = registry_for_cli()
     config = data_config_from_options(**options)

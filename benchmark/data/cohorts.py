@@ -19,22 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.data.cache import (
+from fusebench.data.cache import (
     CACHE_VERSION,
     content_digest,
     ensure_entry,
     fingerprint,
     stat_signature,
 )
-from benchmark.data.ehr_build import build_ehr_arrays, stay_end_hours
-from benchmark.data.images import augment_batch, decode_images, to_model_input
-from benchmark.data.layout import CHEXPERT_LABELS, CXR_FILES, SPLITS, DataConfig, require_file
-from benchmark.data.pairing import pair_images, radiology_table, read_cxr_metadata
-from benchmark.data.readers import check_unique_stays, read_all_stays, read_listfile
-from benchmark.distributed import shard_indices, shard_seed
-from benchmark.errors import FusebenchError
-from benchmark.progress import make_progress
-from benchmark.specs import TaskSpec
+from fusebench.data.ehr_build import build_ehr_arrays, stay_end_hours
+from fusebench.data.images import augment_batch, decode_images, to_model_input
+from fusebench.data.layout import CHEXPERT_LABELS, CXR_FILES, SPLITS, DataConfig, require_file
+from fusebench.data.pairing import pair_images, radiology_table, read_cxr_metadata
+from fusebench.data.readers import check_unique_stays, read_all_stays, read_listfile
+from fusebench.distributed import shard_indices, shard_seed
+from fusebench.errors import FusebenchError
+from fusebench.progress import make_progress
+from fusebench.specs import TaskSpec
 
 __all__ = ["CohortView", "PreparedData", "prepare"]
 
@@ -74,7 +74,7 @@ class CohortView:
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, augment: bool = False,
                 device: torch.device | str = "cpu", rank: int = 0,
                 world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of the contract in :mod:`benchmark.specs`, read from the cache only.
+        """Batches of the contract in :mod:`fusebench.specs`, read from the cache only.
 
         Args:
             batch_size: rows per batch (the last one may be smaller).
@@ -83,8 +83,8 @@ class CohortView:
             augment: apply the training transforms (flip + affine) to the images.
             device: where the tensors go (``ehr_lengths`` stays on the CPU).
             rank: with ``world_size`` > 1, serve only this rank's shard of the order
-                (:func:`benchmark.distributed.shard_indices`), augmented from the rank's own
-                seed (:func:`benchmark.distributed.shard_seed`).
+                (:func:`fusebench.distributed.shard_indices`), augmented from the rank's own
+                seed (:func:`fusebench.distributed.shard_seed`).
             world_size: number of ranks sharing the rows.
         """
         generator = torch.Generator().manual_seed(int(seed))

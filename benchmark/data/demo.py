@@ -2,7 +2,7 @@
 
 MIMIC is credentialed, so every command runs on this dataset when no data root is given. The
 files, columns and value formats are those of MedFuse's ``mimic4extract`` output and of
-MIMIC-CXR-JPG 2.0.0 (see ``benchmark.data.layout``), so the same readers serve demo and real data.
+MIMIC-CXR-JPG 2.0.0 (see ``fusebench.data.layout``), so the same readers serve demo and real data.
 
 Generative model
 ----------------
@@ -69,10 +69,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from benchmark.data.layout import CHEXPERT_LABELS, CXR_FILES
-from benchmark.errors import FusebenchError
-from benchmark.progress import make_progress
-from tasks.builtin import PHENOTYPES
+from fusebench.data.layout import CHEXPERT_LABELS, CXR_FILES
+from fusebench.errors import FusebenchError
+from fusebench.progress import make_progress
+from fusebench.tasks.builtin import PHENOTYPES
 
 __all__ = ["DEMO_SIZES", "GENERATOR_VERSION", "demo_command", "ensure_demo", "generate_demo"]
 

@@ -96,7 +96,7 @@ class DiscretizerConfig:
 @cache
 def load_discretizer_config() -> DiscretizerConfig:
     """The packaged MedFuse discretizer configuration (identical to mimic3-benchmarks)."""
-    text = resources.files("benchmark.data").joinpath("resources/discretizer_config.json")
+    text = resources.files("fusebench.data").joinpath("resources/discretizer_config.json")
     raw = json.loads(text.read_text())
     channels = tuple(raw["id_to_channel"])
     return DiscretizerConfig(
@@ -109,7 +109,7 @@ def load_discretizer_config() -> DiscretizerConfig:
 
 def load_medfuse_normalizer() -> tuple[np.ndarray, np.ndarray]:
     """Means and stds (76 each) of the original MedFuse normalizer file (MIMIC-III statistics)."""
-    text = resources.files("benchmark.data").joinpath("resources/medfuse_normalizer_ph_ts1.0.json")
+    text = resources.files("fusebench.data").joinpath("resources/medfuse_normalizer_ph_ts1.0.json")
     raw = json.loads(text.read_text())
     return np.asarray(raw["means"], dtype=np.float64), np.asarray(raw["stds"], dtype=np.float64)
 

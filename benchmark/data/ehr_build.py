@@ -17,7 +17,7 @@ from typing import BinaryIO, TypeVar
 
 import numpy as np
 
-from benchmark.data.discretizer import (
+from fusebench.data.discretizer import (
     DiscretizerConfig,
     bin_counts,
     bin_events,
@@ -26,7 +26,7 @@ from benchmark.data.discretizer import (
     load_medfuse_normalizer,
     normalizer_statistics,
 )
-from benchmark.data.readers import read_episodes
+from fusebench.data.readers import read_episodes
 
 __all__ = ["EhrChunk", "build_ehr_arrays", "discretized_chunks", "stay_end_hours"]
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmark.errors import FusebenchError
+from fusebench.errors import FusebenchError
 
 __all__ = [
     "augment_batch",

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.data.layout import CHEXPERT_LABELS, CXR_FILES
-from benchmark.data.readers import numeric_column, parse_study_datetime, read_csv_checked
-from benchmark.errors import FusebenchError
+from fusebench.data.layout import CHEXPERT_LABELS, CXR_FILES
+from fusebench.data.readers import numeric_column, parse_study_datetime, read_csv_checked
+from fusebench.errors import FusebenchError
 
 __all__ = ["pair_images", "radiology_table", "read_cxr_metadata"]
 
@@ -57,7 +57,7 @@ def pair_images(metadata: pd.DataFrame, all_stays: pd.DataFrame, window: str) ->
 
     Args:
         metadata: :func:`read_cxr_metadata`.
-        all_stays: :func:`benchmark.data.readers.read_all_stays`.
+        all_stays: :func:`fusebench.data.readers.read_all_stays`.
         window: ``"48h"`` (intime to intime + 48 h) or ``"full-stay"`` (intime to outtime).
 
     Returns:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.data.images import resize_many
-from benchmark.data.layout import CXR_FILES
-from benchmark.data.readers import read_csv_checked, read_listfile
-from benchmark.errors import FusebenchError
-from benchmark.progress import make_progress
+from fusebench.data.images import resize_many
+from fusebench.data.layout import CXR_FILES
+from fusebench.data.readers import read_csv_checked, read_listfile
+from fusebench.errors import FusebenchError
+from fusebench.progress import make_progress
 
 __all__ = ["ehr_split", "prepare_cxr"]
 

@@ -17,9 +17,9 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from benchmark.data.discretizer import DiscretizerConfig
-from benchmark.data.layout import episode_path, listfile_path, require_file
-from benchmark.errors import FusebenchError
+from fusebench.data.discretizer import DiscretizerConfig
+from fusebench.data.layout import episode_path, listfile_path, require_file
+from fusebench.errors import FusebenchError
 
 __all__ = [
     "Episodes",

@@ -7,6 +7,6 @@ job per method x task x training cohort x seed); an executor registered with the
 (submitit) and ``ray``.
 """
 
-from benchmark.executors._jobs import ExecutorSettings, GridJob, JobOutcome, land_files, run_job
+from fusebench.executors._jobs import ExecutorSettings, GridJob, JobOutcome, land_files, run_job
 
 __all__ = ["ExecutorSettings", "GridJob", "JobOutcome", "land_files", "run_job"]

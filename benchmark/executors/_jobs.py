@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 from rich.progress import Progress
 
-from benchmark.checkpoints import delete_checkpoint
-from benchmark.data import DataConfig, prepare
-from benchmark.progress import RunProgress
-from benchmark.registry import extra_plugins, get_registry, set_extra_plugins
-from benchmark.results import atomic_write_bytes
-from benchmark.runner import (
+from fusebench.checkpoints import delete_checkpoint
+from fusebench.data import DataConfig, prepare
+from fusebench.progress import RunProgress
+from fusebench.registry import extra_plugins, get_registry, set_extra_plugins
+from fusebench.results import atomic_write_bytes
+from fusebench.runner import (
     RunRequest,
     execute_run,
     finished_results,

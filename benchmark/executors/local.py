@@ -18,9 +18,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from benchmark.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import ExecutorSpec
+from fusebench.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
+from fusebench.hookspecs import hookimpl
+from fusebench.specs import ExecutorSpec
 
 __all__ = ["run_local"]
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmark.errors import FusebenchError
-from benchmark.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import ExecutorSpec
+from fusebench.errors import FusebenchError
+from fusebench.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
+from fusebench.hookspecs import hookimpl
+from fusebench.specs import ExecutorSpec
 
 __all__ = ["run_ray"]
 

@@ -1,6 +1,6 @@
 """The ``slurm`` executor: one SLURM job per grid job, through submitit (``fusebench[slurm]``).
 
-Each job runs :func:`benchmark.executors.run_job` on a compute node with the Python of this
+Each job runs :func:`fusebench.executors.run_job` on a compute node with the Python of this
 process, so the environment, ``--out`` and the data must be on a file system shared with the
 nodes. Logs go to ``<--out>/logs/slurm/<job id>_0_log.{out,err}``. A job that dies without a
 result (time limit, node failure, out of memory, cancelled) is resubmitted up to ``--retries``
@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmark.errors import FusebenchError
-from benchmark.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
-from benchmark.hookspecs import hookimpl
-from benchmark.specs import ExecutorSpec
+from fusebench.errors import FusebenchError
+from fusebench.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
+from fusebench.hookspecs import hookimpl
+from fusebench.specs import ExecutorSpec
 
 __all__ = ["run_slurm"]
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from benchmark.metrics import (
+from fusebench.metrics import (
     auroc_resampled,
     average_precision_resampled,
     bootstrap_indices,

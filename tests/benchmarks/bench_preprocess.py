@@ -32,9 +32,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_data_helpers import CONFIG, HEADER, reference_discretize
 
-from benchmark.data.discretizer import discretize, load_medfuse_normalizer, normalize
-from benchmark.data.ehr_build import discretized_chunks
-from benchmark.data.readers import read_episodes
+from fusebench.data.discretizer import discretize, load_medfuse_normalizer, normalize
+from fusebench.data.ehr_build import discretized_chunks
+from fusebench.data.readers import read_episodes
 
 STAYS, ROWS_PER_STAY = 400, 120
 MEANS, STDS = load_medfuse_normalizer()

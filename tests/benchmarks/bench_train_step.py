@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.data import DataConfig, prepare
-from benchmark.registry import load_registry
-from benchmark.specs import ModelConfig
-from benchmark.steps import build_optimizers, training_step
-from benchmark.throughput import synthetic_batch
-from plugins.encoders import EHREncoder
-from tasks.builtin import IN_HOSPITAL_MORTALITY
+from fusebench.data import DataConfig, prepare
+from fusebench.plugins.encoders import EHREncoder
+from fusebench.registry import load_registry
+from fusebench.specs import ModelConfig
+from fusebench.steps import build_optimizers, training_step
+from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY
+from fusebench.throughput import synthetic_batch
 from tests.fixtures.packed_lstm import packed_lstm_features
 
 REGISTRY = load_registry()

@@ -7,9 +7,9 @@ through the entry point, the way ``fusebench`` does.
 import torch
 from fusebench_gated_fusion.method import HPARAMS, GatedFusion
 
-from benchmark.specs import ModelConfig
-from benchmark.testing import assert_conforms, make_batch
-from tasks.builtin import PHENOTYPING
+from fusebench.specs import ModelConfig
+from fusebench.tasks.builtin import PHENOTYPING
+from fusebench.testing import assert_conforms, make_batch
 
 
 def build_model() -> GatedFusion:

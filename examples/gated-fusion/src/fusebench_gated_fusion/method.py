@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from benchmark import MethodSpec, ModelConfig, hookimpl
+from fusebench import MethodSpec, ModelConfig, hookimpl
 
 __all__ = ["GatedFusion", "GatedMultimodalUnit", "SmallCNN", "fusebench_register_methods"]
 
