@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
+from fusebench.data.labels import PHENOTYPE_LABELS
 from fusebench.hookspecs import hookimpl
 from fusebench.specs import TaskSpec
 
 __all__ = ["IN_HOSPITAL_MORTALITY", "PHENOTYPES", "PHENOTYPING", "fusebench_register_tasks"]
 
-# Label columns of the phenotyping listfile, in file order (mimic3-benchmarks / MedFuse).
-PHENOTYPES: tuple[str, ...] = (
-    "Acute and unspecified renal failure",
-    "Acute cerebrovascular disease",
-    "Acute myocardial infarction",
-    "Cardiac dysrhythmias",
-    "Chronic kidney disease",
-    "Chronic obstructive pulmonary disease and bronchiectasis",
-    "Complications of surgical procedures or medical care",
-    "Conduction disorders",
-    "Congestive heart failure; nonhypertensive",
-    "Coronary atherosclerosis and other heart disease",
-    "Diabetes mellitus with complications",
-    "Diabetes mellitus without complication",
-    "Disorders of lipid metabolism",
-    "Essential hypertension",
-    "Fluid and electrolyte disorders",
-    "Gastrointestinal hemorrhage",
-    "Hypertension with complications and secondary hypertension",
-    "Other liver diseases",
-    "Other lower respiratory disease",
-    "Other upper respiratory disease",
-    "Pleurisy; pneumothorax; pulmonary collapse",
-    "Pneumonia (except that caused by tuberculosis)",
-    "Respiratory failure; insufficiency; arrest (adult)",
-    "Septicemia (except in labor)",
-    "Shock",
-)
+# Label columns of the phenotyping listfile, in header order, spelt as the real header
+# (packaged resources/phenotype_labels.json).
+PHENOTYPES: tuple[str, ...] = PHENOTYPE_LABELS
 
 # Phenotype types as defined by Harutyunyan et al. (2019), used for the paper's grouped AUROCs.
 _MIXED = (

@@ -18,13 +18,16 @@ from sklearn.preprocessing import StandardScaler
 
 from fusebench.data import demo
 from fusebench.data.demo import demo_command, ensure_demo, generate_demo
+from fusebench.data.demo import generate as demo_generate
+from fusebench.data.readers import read_listfile
 from fusebench.errors import FusebenchError
-from fusebench.tasks.builtin import PHENOTYPES
+from fusebench.tasks.builtin import PHENOTYPES, PHENOTYPING
 
-RESOURCES = Path(demo.__file__).parent / "resources"
+RESOURCES = Path(demo.__file__).parent.parent / "resources"
 CONFIG = json.loads((RESOURCES / "discretizer_config.json").read_text())
 CHANNEL_INFO = json.loads((RESOURCES / "channel_info.json").read_text())
 IHM, PHENO = "in-hospital-mortality", "phenotyping"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CHEXPERT = [
     "Atelectasis",
     "Cardiomegaly",
@@ -145,6 +148,62 @@ def test_listfiles_have_mimic_columns_and_subject_level_splits(demo_tiny_root):
     assert 0 < all_ihm["y_true"].mean() < 0.3
     prevalences = all_pheno[list(PHENOTYPES)].mean()
     assert all_pheno[list(PHENOTYPES)].isin([0, 1]).all().all() and (prevalences > 0).all()
+
+
+REFERENCE_LABELS = REPO_ROOT.parent / "shared" / "reference" / "phenotype_labels.json"
+# The header line of a phenotyping listfile as mimic4extract writes it (create_phenotyping.py),
+# written out here so the test does not depend on any file of this package.
+REAL_PHENOTYPING_HEADER = (
+    "stay,period_length,stay_id,Acute and unspecified renal failure,Acute cerebrovascular disease,"
+    "Acute myocardial infarction,Cardiac dysrhythmias,Chronic kidney disease,Chronic obstructive "
+    "pulmonary disease and bronchiectasis,Complications of surgical procedures or medical care,"
+    "Conduction disorders,Congestive heart failure; nonhypertensive,Coronary atherosclerosis and "
+    "other heart disease,Diabetes mellitus with complications,Diabetes mellitus without "
+    "complication,Disorders of lipid metabolism,Essential hypertension,Fluid and electrolyte "
+    "disorders,Gastrointestinal hemorrhage,Hypertension with complications and secondary "
+    "hypertension,Other liver diseases,Other lower respiratory disease,Other upper respiratory "
+    "disease,Pleurisy; pneumothorax; pulmonary collapse,Pneumonia (except that caused by "
+    "tuberculosis or sexually transmitted disease),Respiratory failure; insufficiency; arrest "
+    "(adult),Septicemia (except in labor),Shock"
+)
+
+
+def write_listfile(ehr: Path, header: str, rows: list[str]) -> None:
+    (ehr / PHENO / "train").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        (ehr / PHENO / "train" / row.split(",")[0]).write_text("Hours\n")
+    (ehr / PHENO / "train_listfile.csv").write_text(header + "\n" + "".join(r + "\n" for r in rows))
+
+
+def test_a_listfile_with_the_real_header_line_loads(tmp_path):
+    labels = [str(i % 2) for i in range(25)]
+    write_listfile(tmp_path, REAL_PHENOTYPING_HEADER,
+                   [f"10000032_episode1_timeseries.csv,50.5,30000001,{','.join(labels)}"])
+    listfile = read_listfile(tmp_path, PHENO, "train", PHENOTYPING.labels)
+    assert listfile.labels.tolist() == [[float(v) for v in labels]]
+    assert listfile.subject_ids.tolist() == [10000032]
+
+
+def test_the_labels_are_the_packaged_reference_names(demo_tiny_root):
+    if REFERENCE_LABELS.is_file():  # the shared reference beside the repository, when present
+        assert list(PHENOTYPES) == json.loads(REFERENCE_LABELS.read_text())["labels"]
+    assert ",".join(["stay", "period_length", "stay_id", *PHENOTYPES]) == REAL_PHENOTYPING_HEADER
+    header = (demo_tiny_root / "ehr" / PHENO / "train_listfile.csv").read_text().splitlines()[0]
+    assert header == REAL_PHENOTYPING_HEADER  # the demo writes the real header
+
+
+def test_a_misspelt_label_is_named_with_the_expected_spelling(tmp_path):
+    short = REAL_PHENOTYPING_HEADER.replace(" or sexually transmitted disease", "")
+    write_listfile(tmp_path, short, [f"1_episode1_timeseries.csv,5,2,{','.join(['0'] * 25)}"])
+    with pytest.raises(FusebenchError, match=r"line 1: missing label column 'Pneumonia \(except "
+                       r"that caused by tuberculosis or sexually transmitted disease\)'; the header "
+                       r"has 'Pneumonia \(except that caused by tuberculosis\)' instead"):
+        read_listfile(tmp_path, PHENO, "train", PHENOTYPING.labels)
+
+
+def test_a_listfile_read_without_labels_gives_its_stays(demo_tiny_root):
+    listfile = read_listfile(demo_tiny_root / "ehr", PHENO, "test", ())
+    assert listfile.labels.shape == (len(listfile.stays), 0) and len(listfile.stays) > 0
 
 
 def test_episode_csvs_have_mimic_formats(demo_tiny_root):
@@ -272,7 +331,7 @@ def test_ensure_demo_creates_once_under_fusebench_home(tmp_path, monkeypatch, de
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a complete dataset")
 
-    monkeypatch.setattr(demo, "_generate_into", fail)
+    monkeypatch.setattr(demo_generate, "_generate_into", fail)
     assert ensure_demo("tiny", 0, progress=False) == root  # reused
 
 

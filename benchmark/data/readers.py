@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fusebench.data.discretizer import DiscretizerConfig
+from fusebench.data.labels import check_label_header
 from fusebench.data.layout import episode_path, listfile_path, require_file
 from fusebench.errors import FusebenchError
 
@@ -95,14 +96,20 @@ class Listfile:
 
 
 def read_listfile(ehr_root: Path, task: str, split: str, labels: Sequence[str]) -> Listfile:
-    """Read and validate ``{task}/{split}_listfile.csv`` (columns, labels, stay paths, files)."""
+    """Read and validate ``{task}/{split}_listfile.csv`` (columns, labels, stay paths, files).
+
+    The header's label columns are checked against ``labels`` (a misspelt name is an error naming
+    the expected spelling); with no ``labels`` only the stays are read (labels of shape (N, 0)).
+    """
     path = listfile_path(ehr_root, task, split)
-    frame = read_csv_checked(path, ["stay", "period_length", "stay_id", *labels],
+    frame = read_csv_checked(path, ["stay", "period_length", "stay_id"],
                              f"{split} listfile of {task}", dtype={"stay": str})
+    check_label_header(list(frame.columns), labels, path)
     stay_ids = numeric_column(frame, "stay_id", path, integer=True)
     period = numeric_column(frame, "period_length", path)
-    label_array = np.stack([numeric_column(frame, name, path, allowed=(0.0, 1.0))
-                            for name in labels], axis=1).astype(np.float32)
+    label_array = np.zeros((len(frame), len(labels)), np.float32)  # no labels: (N, 0)
+    for column, name in enumerate(labels):
+        label_array[:, column] = numeric_column(frame, name, path, allowed=(0.0, 1.0))
     stays = frame["stay"].fillna("").astype(str).tolist()
     paths, subjects = [], []
     for row, stay in enumerate(stays):
