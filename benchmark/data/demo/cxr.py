@@ -393,10 +393,10 @@ def studies(films: pd.DataFrame, stays: pd.DataFrame, seed: int) -> pd.DataFrame
     return images.sort_values(["subject_id", "study_id", "dicom_id"]).reset_index(drop=True)
 
 
-def write_cxr_tables(
-    images: pd.DataFrame, labels: np.ndarray, stays: pd.DataFrame, cxr: Path, seed: int
-) -> None:
-    """Metadata, CheXpert, official split and EHR-realigned split CSVs."""
+def cxr_tables(
+    images: pd.DataFrame, labels: np.ndarray, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three MIMIC-CXR-JPG 2.0.0 tables: metadata, CheXpert labels, official split."""
     rng = part_rng(seed, "cxr-split")
     ap, pa = images["view"] == "AP", images["view"] == "PA"
     metadata = pd.DataFrame(
@@ -421,13 +421,11 @@ def write_cxr_tables(
             "PatientOrientationCodeSequence_CodeMeaning": np.where(ap, "Recumbent", "Erect"),
         }
     )
-    write_atomic(cxr / CXR_FILES["metadata"], csv_text(metadata))
 
     frontal = images[images["view"] != "LATERAL"]
     chexpert = pd.DataFrame(labels[frontal["frontal"].to_numpy()], columns=list(CHEXPERT_LABELS))
     chexpert.insert(0, "study_id", frontal["study_id"].to_numpy())
     chexpert.insert(0, "subject_id", frontal["subject_id"].to_numpy())
-    write_atomic(cxr / CXR_FILES["chexpert"], csv_text(chexpert))
 
     # The official split is subject-level and unrelated to the EHR split (MIMIC-CXR's own).
     subjects = np.unique(images["subject_id"])
@@ -442,6 +440,16 @@ def write_cxr_tables(
     )
     split = images[["dicom_id", "study_id", "subject_id"]].copy()
     split["split"] = split["subject_id"].map(official)
+    return metadata, chexpert, split
+
+
+def write_cxr_tables(
+    images: pd.DataFrame, labels: np.ndarray, stays: pd.DataFrame, cxr: Path, seed: int
+) -> None:
+    """Metadata, CheXpert, official split and EHR-realigned split CSVs."""
+    metadata, chexpert, split = cxr_tables(images, labels, seed)
+    write_atomic(cxr / CXR_FILES["metadata"], csv_text(metadata))
+    write_atomic(cxr / CXR_FILES["chexpert"], csv_text(chexpert))
     write_atomic(cxr / CXR_FILES["split"], csv_text(split))
 
     # MedFuse's realignment: train, then validate/test for subjects of the EHR val/test lists.
@@ -449,6 +457,24 @@ def write_cxr_tables(
     realigned = split["subject_id"].map(ehr_split).map({"val": "validate", "test": "test"})
     split["split"] = realigned.fillna("train")
     write_atomic(cxr / CXR_FILES["ehr_split"], csv_text(split))
+
+
+def render_film(row: object, findings: pd.DataFrame, width: int, seed: int) -> Image.Image:
+    """The picture of one image row at ``width`` (height from its DICOM aspect)."""
+    height = int(width * row.Rows / row.Columns)
+    draw_width = min(width, 256)  # draw at most 256 wide, then upsample: same look, 4x faster
+    rng = part_rng(seed, f"film-{row.dicom_id}")
+    pixels = draw_film(
+        findings.iloc[row.frontal],
+        row.view,
+        draw_width,
+        int(draw_width * row.Rows / row.Columns),
+        rng,
+    )
+    picture = Image.fromarray(pixels, mode="L")
+    if draw_width != width:
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    return picture
 
 
 def write_images(
@@ -462,21 +488,8 @@ def write_images(
     """resized/{dicom_id}.jpg at the size's width, aspect of the original DICOM kept."""
     folder = cxr / "resized"
     folder.mkdir(parents=True)
-    width = size.image_width
-    draw_width = min(width, 256)  # draw at most 256 wide, then upsample: same look, 4x faster
     for row in images.itertuples(index=False):
-        height = int(width * row.Rows / row.Columns)
-        rng = part_rng(seed, f"film-{row.dicom_id}")
-        pixels = draw_film(
-            findings.iloc[row.frontal],
-            row.view,
-            draw_width,
-            int(draw_width * row.Rows / row.Columns),
-            rng,
-        )
-        picture = Image.fromarray(pixels, mode="L")
-        if draw_width != width:
-            picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+        picture = render_film(row, findings, size.image_width, seed)
         picture.save(folder / f"{row.dicom_id}.jpg", format="JPEG", quality=90)
         advance(1)
 

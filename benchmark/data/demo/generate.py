@@ -51,7 +51,7 @@ def _generate_into(root: Path, size_name: str, seed: int, progress: bool) -> dic
     cxr.mkdir()
     write_ehr_tables(stays, ehr, part_rng(seed, "ehr-tables"))
     write_cxr_tables(images, labels, stays, cxr, seed)
-    with _ProgressBars(progress) as add_bar:
+    with ProgressBars(progress) as add_bar:
         write_episodes(
             stays, ehr, seed, size.chunk_stays, add_bar(f"demo ({size_name}) EHR stays", len(stays))
         )
@@ -76,7 +76,7 @@ def _generate_into(root: Path, size_name: str, seed: int, progress: bool) -> dic
     return manifest
 
 
-class _ProgressBars:
+class ProgressBars:
     """Context manager yielding ``add_bar(description, total) -> advance(n)``; silent if off."""
 
     def __init__(self, enabled: bool) -> None:
@@ -106,8 +106,14 @@ def _check_size(size: str) -> DemoSize:
 
 def _build_beside(target: Path, size: str, seed: int, progress: bool) -> Path:
     """Generate into a temporary sibling of ``target``; returns that folder (caller renames)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as error:
+        raise FusebenchError(
+            f"{error.filename or target.parent}: cannot write the demo dataset here "
+            f"({error.strerror}); choose a writable folder ($FUSEBENCH_HOME, or --out)"
+        ) from error
     try:
         _generate_into(tmp, size, seed, progress)
         tmp.chmod(0o755)
