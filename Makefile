@@ -12,7 +12,7 @@ venv: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,plot,slurm,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,slurm,ray,extract]'
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
