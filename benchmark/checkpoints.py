@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fusebench.errors import FusebenchError
-from fusebench.results import atomic_write_bytes, atomic_write_json
+from fusebench.fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = ["delete_checkpoint", "load_checkpoint", "load_checkpoint_if_exists", "save_checkpoint"]
 

@@ -3,8 +3,9 @@
 The driver (this module) prepares each task's data once, then hands the work to an executor
 (:mod:`fusebench.executors`) in two waves: the pretraining stages the pending entries need, each
 once, beside the entries that need no stage; then the entries that load a stage's weights. Each
-wave starts its longest jobs first. Entries whose result files exist are skipped; an interrupted
-entry resumes from its checkpoint; a failing method is recorded as failed with its error and the
+wave starts its longest jobs first. An entry whose results were computed with the same identity
+(settings, data fingerprint, method version: :func:`fusebench.runner.run_identity`) is reused;
+one computed otherwise runs again; an interrupted entry resumes from its checkpoint; a failing method is recorded as failed with its error and the
 grid goes on; a job whose worker died is retried, then reported. After every finished entry the
 task's leaderboard is rebuilt from the result files under its file lock, so a killed grid leaves a
 valid leaderboard of what finished.
@@ -27,7 +28,7 @@ from fusebench.leaderboard import leaderboard_path, rebuild_leaderboard
 from fusebench.plots import save_forest_plot
 from fusebench.progress import make_progress
 from fusebench.registry import Registry, extra_plugins
-from fusebench.runner import RunRequest, dataset_name, finished_results, run_dir
+from fusebench.runner import RunRequest, dataset_name, finished_results, run_dir, run_identity
 
 __all__ = ["GridEntry", "GridReport", "grid_entries", "run_grid"]
 
@@ -49,10 +50,21 @@ class GridReport:
     Attributes:
         boards: the leaderboards written, by task.
         lost: the jobs whose workers died with no retry left (a rerun resumes them).
+        reused: entries whose results of the same identity were there already.
+        run: entries trained and scored now.
+        failed: entries whose method failed (recorded in the leaderboard's failed runs).
     """
 
     boards: dict[str, dict[str, Any]]
     lost: list[GridJob]
+    reused: int = 0
+    run: int = 0
+    failed: int = 0
+
+    def counts(self) -> str:
+        """``"3 reused, 5 run, 1 failed, 0 lost"``."""
+        return (f"{self.reused} reused, {self.run} run, {self.failed} failed, "
+                f"{len(self.lost)} lost")
 
 
 def grid_entries(registry: Registry, methods: Sequence[str], tasks: Sequence[str],
@@ -111,13 +123,17 @@ def run_grid(
     boards = {task: _rebuild(registry, task, data[task], request, root, records[task])
               for task in tasks}
     jobs, lost = [], []
+    counts = {"reused": 0, "run": 0, "failed": 0}
     for entry in entries:
         job = GridJob("run", dataclasses.replace(request, task=entry.task, method=entry.method,
                                                  train_cohort=entry.train_cohort,
                                                  seed=entry.seed),
                       data_config, plugins=extra_plugins())
-        if finished_results(_folder(registry, job, data)):
+        identity = run_identity(job.request, registry.method(entry.method),
+                                registry.task(entry.task), data[entry.task])
+        if finished_results(_folder(registry, job, data), identity):
             console.print(f"[dim]done already:[/] {job.label}", highlight=False)
+            counts["reused"] += 1
         else:
             jobs.append(job)
     stage_jobs = _stage_jobs(registry, jobs)
@@ -136,6 +152,9 @@ def run_grid(
             task = outcome.job.request.task
             if outcome.status == "lost":
                 lost.append(outcome.job)
+            else:
+                counts[{"finished": "run", "done-already": "reused"}.get(outcome.status,
+                                                                          "failed")] += 1
             land_files(outcome, _folder(registry, outcome.job, data))
             boards[task] = _rebuild(registry, task, data[task], request, root, records[task])
             display.update(grid_bar, advance=1, status=outcome.job.label)
@@ -147,7 +166,9 @@ def run_grid(
                                 .with_suffix(".png"))
         if plot is not None:
             console.print(f"forest plot: {plot}", highlight=False)
-    return GridReport(boards, lost)
+    report = GridReport(boards, lost, **counts)
+    console.print(f"grid: {report.counts()}", highlight=False)
+    return report
 
 
 def _folder(registry: Registry, job: GridJob, data: dict[str, Any]) -> Path:
@@ -201,7 +222,7 @@ def _rebuild(registry: Registry, task: str, data: Any, request: RunRequest, root
         return rebuild_leaderboard(
             leaderboard_path(root, dataset["name"], task), runs=Path(request.out),
             task=registry.task(task), dataset=dataset, preset=request.preset,
-            n_resamples=request.n_resamples, throughput=records,
+            overrides=request.overrides, n_resamples=request.n_resamples, throughput=records,
         )
     except OSError as error:
         raise FusebenchError(f"cannot write the leaderboard under {root}: {error}") from error

@@ -6,11 +6,11 @@ and nothing else changes: the JSON and Markdown tables never depend on it.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
+from fusebench.fileio import atomic_write_bytes
 from fusebench.leaderboard import summary_rows
 from fusebench.specs import COHORTS
 
@@ -23,7 +23,8 @@ def save_forest_plot(board: dict[str, Any], path: Path) -> Path | None:
     """Draw ``board`` as a forest plot into ``path`` (PNG), atomically.
 
     One panel per test cohort (rows) and metric (columns); one line per method and training
-    cohort, ranked as in the tables, with the point estimate and its bootstrap 95% CI.
+    cohort, ranked as in the tables, with the point estimate and its bootstrap 95% CI. With
+    several seeds, each seed's CI is drawn faintly and the marker is the mean across seeds.
 
     Args:
         board: a leaderboard as written by :func:`fusebench.leaderboard.rebuild_leaderboard`.
@@ -51,12 +52,14 @@ def save_forest_plot(board: dict[str, Any], path: Path) -> Path | None:
         for column, (key, title) in enumerate(_METRICS):
             ax = axes[row][column]
             for y, entry in enumerate(entries):
-                value, (low, high) = entry[key]["value"], entry[key]["ci"] or (None, None)
-                if value is None:
-                    continue
-                if low is not None and high is not None:
-                    ax.plot([low, high], [y, y], color="tab:blue", linewidth=1.5)
-                ax.plot([value], [y], "o", color="tab:blue", markersize=4)
+                several = len(entry["per_seed"]) > 1
+                for seed in entry["per_seed"]:
+                    if seed[key]["value"] is not None and seed[key]["ci"] is not None:
+                        ax.plot(seed[key]["ci"], [y, y], color="tab:blue",
+                                linewidth=1.0 if several else 1.5,
+                                alpha=0.35 if several else 1.0)
+                if entry[f"{key}_mean"] is not None:
+                    ax.plot([entry[f"{key}_mean"]], [y], "o", color="tab:blue", markersize=4)
             ax.set_yticks(range(len(entries)), names if column == 0 else [""] * len(entries))
             ax.invert_yaxis()
             ax.set_xlim(0, 1)
@@ -65,13 +68,10 @@ def save_forest_plot(board: dict[str, Any], path: Path) -> Path | None:
     demo = " (synthetic demo data, not MIMIC)" if board["dataset"].get("is_demo") else ""
     figure.suptitle(f"{board['task']} on {board['dataset']['name']}{demo}", fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temporary, format="png", dpi=110)
-        os.replace(temporary, path)
+        figure.savefig(buffer, format="png", dpi=110)
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -1,39 +1,47 @@
-"""Result files: schema, validation on write and on read, atomic writes, file locks, environment.
+"""Result files: schema, validation on write and on read, provenance, environment.
 
 A result file describes one trained method evaluated on one test cohort. It is JSON only (never
-pickled), carries ``schema_version``, and is validated before it is written and after it is read.
+pickled), carries ``schema_version``, and is validated before it is written and after it is read
+against the JSON Schema shipped with the package (``fusebench/schemas/result.schema.json``: types,
+ranges, name patterns, size limits) plus the rules a schema cannot state (finite numbers only,
+every interval ordered and containing its value). ``fusebench results validate``, ``leaderboard
+merge`` and every leaderboard rebuild use the same :func:`validate_result`.
 
 Example:
     >>> errors = validate_result({"schema_version": 1})
     >>> errors[0]
-    "missing key 'created'"
+    "missing key 'cxr_window'"
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import functools
 import hashlib
 import json
-import os
+import math
 import platform
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
+
+import jsonschema
 
 from fusebench.errors import FusebenchError
+from fusebench.fileio import atomic_write_json
 
 __all__ = [
+    "MAX_RESULT_BYTES",
+    "NAME_PATTERN",
     "SCHEMA_VERSION",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "environment",
-    "file_lock",
-    "git_commit",
+    "harness_provenance",
+    "load_json_file",
     "read_result",
+    "result_schema",
     "sha256_file",
     "utc_now",
     "validate_result",
@@ -41,38 +49,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-
-# key -> expected type(s); nested blocks are checked by _check_block.
-_TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "created": str,
-    "harness": dict,
-    "dataset": dict,
-    "task": str,
-    "method": dict,
-    "train_cohort": str,
-    "test_cohort": dict,
-    "cxr_window": str,
-    "metrics": dict,
-    "ci": dict,
-    "seeds": list,
-    "training": dict,
-    "predictions": dict,
-    "environment": dict,
-    "status": str,
-}
-_BLOCKS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "harness": {"version": str, "git_commit": str},
-    "dataset": {"name": str, "fingerprint": str, "is_demo": bool},
-    "method": {"name": str, "distribution": str, "version": str, "hparams": dict,
-               "trainable_parameters": int},
-    "test_cohort": {"name": str, "n": int, "positives": dict},
-    "ci": {"method": str, "level": float, "n_resamples": int, "seed": int},
-    "training": {"seconds": (int, float), "best_epoch": int, "epochs_run": int},
-    "predictions": {"file": str, "sha256": str},
-    "environment": {"python": str, "torch": str, "device": str},
-}
-_METRIC_NAMES = ("auroc", "auprc")
+NAME_PATTERN = "^[a-z0-9][a-z0-9-]*$"  # method, task, dataset and preset names (also in the schema)
+MAX_RESULT_BYTES = 2 * 2**20  # a result is a few kB; a bigger file is refused before parsing
+_TOLERANCE = 1e-9  # float rounding between a value and its interval's ends
 
 
 def utc_now() -> str:
@@ -80,100 +59,93 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _check_block(name: str, block: Any, spec: Mapping[str, Any]) -> list[str]:
-    errors = []
-    for key, expected in spec.items():
-        if key not in block:
-            errors.append(f"missing key '{name}.{key}'")
-        elif not isinstance(block[key], expected) or isinstance(block[key], bool) != (
-            expected is bool
-        ):
-            errors.append(f"'{name}.{key}' has type {type(block[key]).__name__}")
-    return errors
+@functools.cache
+def result_schema() -> dict[str, Any]:
+    """The JSON Schema of result files, as shipped in the package."""
+    text = resources.files("fusebench.schemas").joinpath("result.schema.json").read_text()
+    return json.loads(text)
 
 
-def _check_interval(path: str, entry: Any) -> list[str]:
-    """A metric entry is {"value": number, "ci": [low, high]}.
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(result_schema())
 
-    null marks what is undefined: the value when a label has one class in the test set, the
-    interval when every resample has one class (tiny test sets).
-    """
-    if not isinstance(entry, dict) or "value" not in entry or "ci" not in entry:
-        return [f"'{path}' must have 'value' and 'ci'"]
+
+def _where(path: Iterator[Any]) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    where = _where(error.absolute_path)
+    if error.validator == "required":
+        missing = _short(error.message.split("'")[1] if "'" in error.message else error.message)
+        return f"missing key '{where + '.' if where else ''}{missing}'"
+    if error.validator in ("pattern", "maxLength") and isinstance(error.instance, str):
+        shown = _short(repr(error.instance), 60)
+        if error.validator == "maxLength":
+            return f"'{where}' is {len(error.instance)} characters long (at most {error.schema['maxLength']})"
+        return f"'{where}' is {shown}: it must match {error.schema['pattern']}"
+    return f"'{where or '(top level)'}': {_short(error.message)}"
+
+
+def _non_finite(value: Any, where: str = "") -> Iterator[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield f"'{where or '(top level)'}' is {value}: only finite numbers are allowed"
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _non_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, f"{where}.{index}" if where else str(index))
+
+
+def _intervals(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    for metric in ("auroc", "auprc"):
+        block = result["metrics"][metric]
+        yield f"metrics.{metric}.macro", block["macro"]
+        for kind in ("per_label", "groups"):
+            for label, entry in block.get(kind, {}).items():
+                yield f"metrics.{metric}.{kind}.{label}", entry
+
+
+def _interval_errors(where: str, entry: Mapping[str, Any]) -> list[str]:
     value, ci = entry["value"], entry["ci"]
-    if value is not None and not isinstance(value, (int, float)):
-        return [f"'{path}.value' must be a number"]
-    if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
-        return [f"'{path}.ci' must be [low, high]"]
+    if ci is None:
+        return []
+    low, high = ci
+    if low > high + _TOLERANCE:
+        return [f"'{where}.ci' is [{low}, {high}]: the interval must be [low, high] with low <= high"]
+    if value is not None and not low - _TOLERANCE <= value <= high + _TOLERANCE:
+        return [f"'{where}.value' {value} lies outside its interval [{low}, {high}]"]
     return []
 
 
 def validate_result(result: Any) -> list[str]:
-    """Every schema violation of ``result`` as a readable line (empty list: valid)."""
+    """Every violation of the result schema in ``result`` as a readable line (empty: valid).
+
+    The shipped JSON Schema states types, ranges (metrics and interval ends in [0, 1], counts
+    positive), name patterns and size limits; this adds finite numbers only and intervals
+    ordered and containing their value.
+    """
     if not isinstance(result, dict):
         return ["a result must be a JSON object"]
-    errors = []
-    for key, expected in _TOP_LEVEL.items():
-        if key not in result:
-            errors.append(f"missing key '{key}'")
-        elif not isinstance(result[key], expected):
-            errors.append(f"'{key}' has type {type(result[key]).__name__}")
+    version = result.get("schema_version")
+    if "schema_version" in result and version != SCHEMA_VERSION:
+        return [f"schema_version {_short(repr(version), 40)} is not supported "
+                f"(this harness reads {SCHEMA_VERSION})"]
+    errors = list(_non_finite(result))
+    schema_errors = sorted(_validator().iter_errors(result),
+                           key=lambda e: (len(e.absolute_path), _where(e.absolute_path)))
+    errors += [_schema_message(error) for error in schema_errors]
     if errors:
         return errors
-    if result["schema_version"] != SCHEMA_VERSION:
-        return [f"schema_version {result['schema_version']} is not supported "
-                f"(this harness reads {SCHEMA_VERSION})"]
-    for name, spec in _BLOCKS.items():
-        errors += _check_block(name, result[name], spec)
-    if result["train_cohort"] not in ("paired", "partial"):
-        errors.append(f"'train_cohort' is {result['train_cohort']!r}, expected paired or partial")
-    if result["status"] != "ok":
-        errors.append(f"'status' is {result['status']!r}; only finished runs are results")
-    for metric in _METRIC_NAMES:
-        block = result["metrics"].get(metric)
-        if not isinstance(block, dict) or "macro" not in block:
-            errors.append(f"missing key 'metrics.{metric}.macro'")
-            continue
-        errors += _check_interval(f"metrics.{metric}.macro", block["macro"])
-        for label, entry in block.get("per_label", {}).items():
-            errors += _check_interval(f"metrics.{metric}.per_label.{label}", entry)
+    for where, entry in _intervals(result):
+        errors += _interval_errors(where, entry)
     return errors
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    Raises:
-        FusebenchError: the folder or the file cannot be written (``path`` is then unchanged).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise FusebenchError(
-            f"cannot write {path}: {error.strerror}; choose a writable folder with --out"
-        ) from error
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(error, OSError):  # a full disk, a quota, an I/O error: not a bug
-            raise FusebenchError(
-                f"cannot write {path}: {error.strerror or error}; free disk space or choose "
-                "another folder, then rerun (the previous file is unchanged)"
-            ) from error
-        raise
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
 
 def write_result(path: Path, result: Mapping[str, Any]) -> None:
@@ -184,21 +156,42 @@ def write_result(path: Path, result: Mapping[str, Any]) -> None:
     atomic_write_json(path, result)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def load_json_file(path: Path, *, max_bytes: int, what: str) -> Any:
+    """Parse a JSON file of at most ``max_bytes``, refusing NaN and infinity.
+
+    Raises:
+        FusebenchError: missing, too big, not JSON, or holding NaN/Infinity.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise FusebenchError(f"{path}: {size:,} bytes, more than a {what} may have "
+                                 f"({max_bytes:,}); this is not a {what} written by fusebench")
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, parse_constant=_refuse_constant)
+    except FileNotFoundError as error:
+        raise FusebenchError(f"{path}: no such {what} file") from error
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise FusebenchError(
+            f"{path}: not valid JSON ({_short(str(error))}); the file is damaged: rerun the "
+            "entry or restore it"
+        ) from error
+    except OSError as error:
+        raise FusebenchError(f"{path}: cannot read it ({error.strerror or error})") from error
+
+
 def read_result(path: Path) -> dict[str, Any]:
     """Read and validate a result file.
 
     Raises:
-        FusebenchError: the file is missing, not JSON, or violates the schema.
+        FusebenchError: the file is missing, too big, not JSON, or violates the schema.
     """
-    path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise FusebenchError(f"{path}: no such result file") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FusebenchError(
-            f"{path}: not valid JSON ({error}); the file is damaged: rerun the entry or restore it"
-        ) from error
+    result = load_json_file(path, max_bytes=MAX_RESULT_BYTES, what="result")
     errors = validate_result(result)
     if errors:
         raise FusebenchError(f"{path}: invalid result: {errors[0]}"
@@ -215,29 +208,50 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path.lock`` (blocks until free)."""
-    lock_path = Path(f"{path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def git_commit() -> str:
-    """Commit of the harness checkout, or "unknown" outside a git work tree."""
+def _git_head(folder: Path) -> str | None:
+    """HEAD of the git work tree whose top level is exactly ``folder`` (None otherwise)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5, check=True,
-        )
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=folder,
+                             capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+        return None
+    lines = out.stdout.split()
+    if len(lines) != 2 or Path(lines[0]).resolve() != folder.resolve():
+        return None  # the package sits inside some other repository
+    return lines[1]
+
+
+@functools.cache
+def harness_provenance() -> dict[str, str]:
+    """Version and source commit of the installed fusebench, from its package metadata.
+
+    The version is the distribution's. The commit is the one pip recorded for a VCS install
+    (``direct_url.json``: ``vcs_info.commit_id``); for an editable install of a local checkout,
+    that checkout's HEAD when the recorded folder is itself a git work tree; otherwise
+    "unknown". The current folder's repository is never consulted.
+    """
+    # An egg-info folder in the current directory can shadow the installed metadata: prefer
+    # the distribution that pip recorded (it has direct_url.json).
+    found = list(metadata.distributions(name="fusebench"))
+    if not found:
+        return {"version": "unknown", "git_commit": "unknown", "source": "not installed"}
+    distribution = next((d for d in found if d.read_text("direct_url.json")), found[0])
+    record = {"version": distribution.version, "git_commit": "unknown", "source": "package"}
+    try:
+        direct = json.loads(distribution.read_text("direct_url.json") or "null")
+    except ValueError:
+        direct = None
+    if not isinstance(direct, dict):
+        return record
+    url = str(direct.get("url", ""))
+    vcs = direct.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("commit_id"):
+        return {**record, "git_commit": str(vcs["commit_id"]), "source": url}
+    if (direct.get("dir_info") or {}).get("editable") and url.startswith("file://"):
+        folder = Path(unquote(urlparse(url).path))
+        commit = _git_head(folder) if folder.is_dir() else None
+        return {**record, "git_commit": commit or "unknown", "source": "editable checkout"}
+    return record
 
 
 def environment(device: str) -> dict[str, str]:

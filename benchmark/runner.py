@@ -7,7 +7,14 @@ Layout of a run folder (``{out}/{dataset}/{task}/{method}/{train_cohort}/seed{se
     predictions-partial.csv
     result-paired.json               validated result (fusebench.results schema)
     result-partial.json
+    run.json                         the run's identity (everything that changes its outcome)
     failed.json                      only when the run failed: the error, for the leaderboard
+
+A run is identified by its method (name, distribution, version), task, training cohort, seed,
+data fingerprint, preset, every override and the resolved hyper-parameters, image size, ImageNet
+weights, bootstrap resamples and harness version (:func:`run_identity`). A finished run is reused
+only when its identity matches; otherwise it runs again, or with ``--resume`` is refused with the
+settings that differ. One process at a time works in a run folder (a lock beside it).
 
 Pretraining stages are cached under ``{out}/stages/{data fingerprint}/`` (a stage every task
 shares: ``{out}/stages/images-{radiology fingerprint}/``).
@@ -20,8 +27,9 @@ other ranks; ``training.world_size`` in the result records how many ranks traine
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,23 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from fusebench import __version__, distributed
-from fusebench.checkpoints import load_checkpoint_if_exists, save_checkpoint
+from fusebench import distributed
+from fusebench.checkpoints import delete_checkpoint, load_checkpoint_if_exists, save_checkpoint
 from fusebench.errors import FusebenchError
+from fusebench.fileio import atomic_write_json, file_lock
 from fusebench.metrics import score_predictions
+from fusebench.predictions import BOOTSTRAP_SEED, read_predictions, write_predictions
 from fusebench.presets import get_preset
 from fusebench.progress import RunProgress
 from fusebench.registry import Registry
 from fusebench.results import (
     SCHEMA_VERSION,
-    atomic_write_bytes,
-    atomic_write_json,
     environment,
-    git_commit,
+    harness_provenance,
+    load_json_file,
     read_result,
     sha256_file,
     utc_now,
@@ -61,6 +69,7 @@ from fusebench.steps import (
 from fusebench.train import fit, predict
 
 __all__ = [
+    "BOOTSTRAP_SEED",
     "RunRequest",
     "dataset_name",
     "execute_run",
@@ -69,9 +78,12 @@ __all__ = [
     "read_predictions",
     "record_failure",
     "run_dir",
+    "run_identity",
 ]
 
-BOOTSTRAP_SEED = 0  # shared by every method so that paired differences use the same resamples
+# Files of a run that describe its outcome: removed when a run with another identity starts there.
+_OUTCOME_FILES = ("result-paired.json", "result-partial.json", "predictions-paired.csv",
+                  "predictions-partial.csv", "failed.json", "run.json")
 
 
 @dataclass(frozen=True)
@@ -125,15 +137,108 @@ def run_dir(request: RunRequest, method: MethodSpec, data: Any) -> Path:
             / f"seed{request.seed}")
 
 
-def finished_results(folder: Path) -> list[dict[str, Any]] | None:
-    """The run's results if both test cohorts' files exist and validate, else None."""
+def finished_results(folder: Path, identity: Mapping[str, Any] | None = None
+                     ) -> list[dict[str, Any]] | None:
+    """The run's results if both test cohorts' files exist, validate and (when ``identity`` is
+    given) were computed with that identity; else None."""
     paths = [folder / f"result-{cohort}.json" for cohort in COHORTS]
     if not all(path.exists() for path in paths):
         return None
     try:
-        return [read_result(path) for path in paths]
+        results = [read_result(path) for path in paths]
     except FusebenchError:
         return None
+    if identity is not None and any(
+            (r.get("identity") or {}).get("key") != identity["key"] for r in results):
+        return None
+    return results
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    return sha256_file(Path(path))
+
+
+def run_identity(request: RunRequest, method: MethodSpec, task: TaskSpec, data: Any
+                 ) -> dict[str, Any]:
+    """Everything that changes a run's outcome, and its SHA-256 key.
+
+    Returns:
+        ``{"key": hex digest, "fields": {...}}``; two runs with the same key are the same run.
+    """
+    fields = {
+        "method": method.name, "distribution": method.distribution, "version": method.version,
+        "task": task.name, "train_cohort": _cohort_of(request, method), "seed": request.seed,
+        "data_fingerprint": data.fingerprint, "preset": request.preset,
+        "overrides": _jsonable({k: v for k, v in request.overrides.items() if v is not None}),
+        "hparams": _jsonable(_resolved_hparams(request, method)),
+        "pretraining": list(method.pretraining),
+        "image_size": int(data.config.image_size),
+        "cxr_weights": (None if request.cxr_weights is None
+                        else _file_digest(str(Path(request.cxr_weights).resolve()))),
+        "n_resamples": request.n_resamples,
+        "harness_version": harness_provenance()["version"],
+    }
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return {"key": key, "fields": fields}
+
+
+def _identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The fields that differ, as ``name old -> new`` (overrides and hyper-parameters itemised)."""
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += [f"{name}.{key} {before.get(key)} -> {after.get(key)}"
+                        for key in sorted(set(before) | set(after))
+                        if before.get(key) != after.get(key)]
+        else:
+            changes.append(f"{name} {str(before)[:16]} -> {str(after)[:16]}")
+    return ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
+
+
+def _recorded_identity(folder: Path) -> dict[str, Any] | None:
+    """The identity ``run.json`` records in ``folder`` (None: no run started there, or an
+    unreadable file)."""
+    try:
+        record = load_json_file(folder / "run.json", max_bytes=2**20, what="run record")
+    except FusebenchError:
+        return None
+    identity = record.get("identity") if isinstance(record, dict) else None
+    return identity if isinstance(identity, dict) and "key" in identity else None
+
+
+def _prepare_folder(folder: Path, identity: dict[str, Any], resume: bool,
+                    refuse_other: bool) -> bool:
+    """Make ``folder`` ready for a run with ``identity``; True when that run resumes there.
+
+    Without ``resume``, and for a folder holding another run (another identity, or files from a
+    harness that recorded none) unless ``refuse_other``, the folder's run files are removed.
+
+    Raises:
+        FusebenchError: ``resume`` and ``refuse_other`` and the folder holds another run.
+    """
+    recorded = _recorded_identity(folder)
+    if recorded is not None and recorded["key"] == identity["key"]:
+        if resume:
+            return True
+    elif resume and refuse_other and (recorded is not None or any(
+            (folder / name).exists() for name in (
+                "checkpoint.pt", "result-paired.json", "result-partial.json"))):
+        what = (_identity_differences(recorded.get("fields", {}), identity["fields"])
+                if recorded is not None else "it records no settings")
+        raise FusebenchError(
+            f"--resume: {folder} holds a run with other settings ({what}); rerun without "
+            "--resume to replace it, or choose another --out"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _OUTCOME_FILES:
+        (folder / name).unlink(missing_ok=True)
+    delete_checkpoint(folder / "checkpoint.pt")
+    atomic_write_json(folder / "run.json", {"created": utc_now(), "identity": identity})
+    return False
 
 
 def _resolved_hparams(request: RunRequest, method: MethodSpec) -> dict[str, Any]:
@@ -233,40 +338,6 @@ def _stage_data_folder(stage: PretrainingStage, data: Any) -> str:
     return f"images-{data.radiology_fingerprint[:16]}"
 
 
-def _predictions_frame(stay_ids: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
-                       task: TaskSpec) -> pd.DataFrame:
-    columns: dict[str, Any] = {"stay_id": stay_ids}
-    columns.update({f"prob:{name}": probabilities[:, i] for i, name in enumerate(task.labels)})
-    columns.update({f"true:{name}": labels[:, i].astype(int) for i, name in enumerate(task.labels)})
-    return pd.DataFrame(columns)
-
-
-def read_predictions(path: Path, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(stay_ids, labels, probabilities)`` of a predictions file written by a run.
-
-    Raises:
-        FusebenchError: unreadable file or a column of ``task`` missing.
-    """
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise FusebenchError(f"{path}: cannot read predictions ({error})") from error
-    needed = ["stay_id"] + [f"{kind}:{name}" for kind in ("prob", "true") for name in task.labels]
-    missing = [column for column in needed if column not in frame.columns]
-    if missing:
-        raise FusebenchError(
-            f"{path}: column {missing[0]!r} missing for task {task.name} "
-            f"(expected stay_id, prob:<label>, true:<label>)"
-        )
-    probabilities = frame[[f"prob:{n}" for n in task.labels]].to_numpy(np.float64)
-    labels = frame[[f"true:{n}" for n in task.labels]].to_numpy(np.float64)
-    if not np.isfinite(probabilities).all() or ((probabilities < 0) | (probabilities > 1)).any():
-        raise FusebenchError(f"{path}: probabilities must be finite and within [0, 1]")
-    if not np.isin(labels, (0, 1)).all():
-        raise FusebenchError(f"{path}: labels must be 0 or 1")
-    return frame["stay_id"].to_numpy(np.int64), labels, probabilities
-
-
 def _check_outputs(probabilities: np.ndarray, method: MethodSpec, expected: int) -> None:
     if probabilities.ndim != 2 or probabilities.shape[1] != expected:
         raise FusebenchError(f"method {method.name!r} returned logits of shape "
@@ -276,6 +347,7 @@ def _check_outputs(probabilities: np.ndarray, method: MethodSpec, expected: int)
 
 
 def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: bool = False,
+                replace_other: bool = False,
                 progress: RunProgress | None = None) -> list[dict[str, Any]]:
     """Train ``request.method`` on ``data`` and write predictions and results for both cohorts.
 
@@ -283,18 +355,38 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
         registry: plugins.
         request: what to run.
         data: the task's :class:`fusebench.data.PreparedData`.
-        resume: continue from the last checkpoint; a finished run is returned as it is.
+        resume: continue from the last checkpoint; a finished run with the same identity is
+            returned as it is. A folder holding a run with another identity is refused.
+        replace_other: with ``resume``, start a folder holding another identity's run over
+            instead of refusing (the grid: its settings decide).
         progress: live display.
 
     Returns:
         The result dicts, paired test cohort first (on every rank of a torchrun run).
+
+    Raises:
+        FusebenchError: another process works in the run folder; or ``resume`` met a run with
+            other settings (and not ``replace_other``).
     """
     task, method = registry.task(request.task), registry.method(request.method)
-    cohort = _cohort_of(request, method)
     folder = run_dir(request, method, data)
-    if resume and (done := distributed.from_main(finished_results, folder)):
-        return done
-    distributed.from_main((folder / "failed.json").unlink, missing_ok=True)
+    identity = run_identity(request, method, task, data)
+    lock = (file_lock(folder, wait=False, holder="another fusebench run",
+                      way_out="wait for it to finish, or choose another --out")
+            if distributed.is_main() else contextlib.nullcontext())
+    with lock:
+        if resume and (done := distributed.from_main(finished_results, folder, identity)):
+            return done
+        resume = distributed.from_main(_prepare_folder, folder, identity, resume,
+                                       not replace_other)
+        return _train_and_record(registry, request, data, folder, identity, resume, progress)
+
+
+def _train_and_record(registry: Registry, request: RunRequest, data: Any, folder: Path,
+                      identity: dict[str, Any], resume: bool,
+                      progress: RunProgress | None) -> list[dict[str, Any]]:
+    task, method = registry.task(request.task), registry.method(request.method)
+    cohort = _cohort_of(request, method)
     base = _base_config(request, method, task, data)
     hparams = dict(base.hparams)
     pretrained = pretrain(registry, request, data, progress=progress)
@@ -319,16 +411,14 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
                labels: np.ndarray) -> dict[str, Any]:
         """Write the predictions and the result of one test cohort; return the result."""
         predictions = folder / f"predictions-{test_cohort}.csv"
-        buffer = io.StringIO()
-        _predictions_frame(view.stay_ids, probabilities, labels, task).to_csv(buffer, index=False)
-        atomic_write_bytes(predictions, buffer.getvalue().encode())
+        digest = write_predictions(predictions, view.stay_ids, probabilities, labels, task)
         scores = score_predictions(labels, probabilities, task.labels,
                                    n_resamples=request.n_resamples, seed=BOOTSTRAP_SEED,
                                    label_groups=task.label_groups or None)
         result = {
             "schema_version": SCHEMA_VERSION,
             "created": utc_now(),
-            "harness": {"version": __version__, "git_commit": git_commit()},
+            "harness": harness_provenance(),
             "dataset": {"name": dataset_name(data), "fingerprint": data.fingerprint,
                         "is_demo": bool(data.config.is_demo),
                         "normalizer": data.config.normalizer,
@@ -354,8 +444,9 @@ def execute_run(registry: Registry, request: RunRequest, data: Any, *, resume: b
                          "best_val_auroc": _finite_or_none(outcome.best_score),
                          "history": _jsonable(outcome.history),
                          "world_size": distributed.world_size()},
-            "predictions": {"file": predictions.name, "sha256": sha256_file(predictions)},
+            "predictions": {"file": predictions.name, "sha256": digest},
             "environment": environment(request.device),
+            "identity": identity,
             "status": "ok",
         }
         write_result(folder / f"result-{test_cohort}.json", result)

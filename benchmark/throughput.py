@@ -56,9 +56,10 @@ from fusebench import __version__
 from fusebench.cli_common import err_console, registry_for_cli, resolve_device
 from fusebench.data.cli import data_options
 from fusebench.errors import FusebenchError
+from fusebench.fileio import atomic_write_json
 from fusebench.progress import make_progress
 from fusebench.registry import Registry, get_registry
-from fusebench.results import atomic_write_json, utc_now
+from fusebench.results import utc_now
 from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
 from fusebench.steps import build_optimizers, training_step
 

@@ -28,9 +28,10 @@ import torch
 from fusebench.checkpoints import load_checkpoint, save_checkpoint
 from fusebench.cli import main
 from fusebench.errors import FusebenchError
+from fusebench.fileio import atomic_write_json
 from fusebench.leaderboard import load_leaderboard, merge_result
 from fusebench.registry import extra_plugins, set_extra_plugins
-from fusebench.results import atomic_write_json, read_result, write_result
+from fusebench.results import read_result, write_result
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import make_dataset
@@ -75,9 +76,9 @@ def _restore_plugins():
 def fusebench(*args: str, env: dict | None = None, check: bool = True,
               kill_on_replace: tuple[str, str, int] | None = None,
               **popen: object) -> subprocess.CompletedProcess:
-    """The real console entry point in a child process (``python -m fusebench.cli``)."""
+    """The real console entry point in a child process (``python -m fusebench``)."""
     if kill_on_replace is None:
-        command = [sys.executable, "-m", "fusebench.cli"]
+        command = [sys.executable, "-m", "fusebench"]
     else:
         name, marker, count = kill_on_replace
         command = [sys.executable, "-c", KILL_ON_REPLACE, name, marker, str(count)]
@@ -220,7 +221,7 @@ def test_concurrent_merge_commands_wait_for_the_lock_and_keep_every_entry(tmp_pa
     lock = open(f"{board}.lock", "a")  # noqa: SIM115 - held across the block below
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merges = [subprocess.Popen([sys.executable, "-m", "fusebench.cli", "leaderboard", "merge",
+        merges = [subprocess.Popen([sys.executable, "-m", "fusebench", "leaderboard", "merge",
                                     str(files[name]), "--leaderboard-file", str(board)],
                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True) for name in ("merge-a", "merge-b")]
@@ -251,7 +252,7 @@ def test_two_grids_at_once_on_one_leaderboard_keep_both(demo_tiny_root, tmp_path
     """Two grid processes with their own run folders write the same leaderboard at the same
     time (and build the same data cache at the same time)."""
     env = {**os.environ, "FUSEBENCH_CACHE": str(tmp_path / "cache")}
-    grids = [subprocess.Popen([sys.executable, "-m", "fusebench.cli", "--plugin", PLUGIN,
+    grids = [subprocess.Popen([sys.executable, "-m", "fusebench", "--plugin", PLUGIN,
                                *grid_args(demo_tiny_root, tmp_path, method, out=f"runs-{method}")],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for method in ("ok-ehr", "kill-ehr")]

@@ -52,7 +52,7 @@ def test_valid_result_round_trips(tmp_path):
     (lambda r: r.pop("metrics"), "missing key 'metrics'"),
     (lambda r: r["method"].pop("trainable_parameters"), "method.trainable_parameters"),
     (lambda r: r.update(schema_version=99), "schema_version 99"),
-    (lambda r: r["metrics"]["auroc"]["macro"].update(ci=[0.1]), "ci' must be"),
+    (lambda r: r["metrics"]["auroc"]["macro"].update(ci=[0.1]), "macro.ci': [0.1] is too short"),
     (lambda r: r.update(train_cohort="everything"), "train_cohort"),
     (lambda r: r["dataset"].update(is_demo="yes"), "dataset.is_demo"),
 ])

@@ -19,12 +19,12 @@ from typing import Any
 from fusebench.errors import FusebenchError
 
 __all__ = [
+    "content_signature",
     "CACHE_VERSION",
     "content_digest",
     "ensure_entry",
     "entry_problem",
     "fingerprint",
-    "stat_signature",
 ]
 
 # Bump when the cached arrays' meaning changes so old entries are not reused.
@@ -47,12 +47,36 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stat_signature(paths: Iterable[Path]) -> str:
-    """sha256 over (name, size, mtime) of many files: cheap change detection for large trees."""
-    digest = hashlib.sha256()
+def content_signature(paths: Iterable[Path], memo: Path | None = None) -> str:
+    """sha256 over (name, sha256 of the bytes) of many files: byte-identical files give one
+    signature wherever they lie and whatever their timestamps.
+
+    Args:
+        paths: the files, in a fixed order.
+        memo: a JSON file remembering each file's digest by (path, size, inode, mtime, ctime), so
+            an unchanged large tree (MIMIC's images) is read once, not at every ``prepare``. A
+            changed file changes its ctime, which no copy or ``touch`` can set back.
+    """
+    from fusebench.fileio import atomic_write_json
+
+    known: dict[str, list] = {}
+    if memo is not None:
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(memo.read_text())
+            known = loaded if isinstance(loaded, dict) else {}
+    digest, changed = hashlib.sha256(), False
     for path in paths:
         info = path.stat()
-        digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        stamp = [info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns]
+        name = str(Path(path).resolve())
+        entry = known.get(name)
+        if not (isinstance(entry, list) and entry[:4] == stamp):
+            entry = known[name] = [*stamp, content_digest(path)]
+            changed = True
+        digest.update(f"{path.name}\0{entry[4]}\n".encode())
+    if memo is not None and changed:
+        with contextlib.suppress(FusebenchError):  # a memo that cannot be written only costs time
+            atomic_write_json(memo, known)
     return digest.hexdigest()
 
 

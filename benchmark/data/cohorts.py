@@ -22,9 +22,9 @@ import torch
 from fusebench.data.cache import (
     CACHE_VERSION,
     content_digest,
+    content_signature,
     ensure_entry,
     fingerprint,
-    stat_signature,
 )
 from fusebench.data.ehr_build import build_ehr_arrays, stay_end_hours
 from fusebench.data.images import augment_batch, decode_images, to_model_input
@@ -216,6 +216,11 @@ class PreparedData:
         }
 
 
+def _digest_memo(config: DataConfig) -> Path:
+    """Where the digests of the raw files are remembered (see ``content_signature``)."""
+    return config.resolved_cache_dir() / "file-digests.json"
+
+
 def prepare(config: DataConfig, task: TaskSpec, *, progress: bool = True) -> PreparedData:
     """Validate the raw files, build (or reuse) the content-addressed cache, return a handle.
 
@@ -246,7 +251,9 @@ def prepare(config: DataConfig, task: TaskSpec, *, progress: bool = True) -> Pre
         "config": [config.normalizer, window, config.stored_image_size],
         "csv": [content_digest(p) for p in [lf.path for lf in listfiles] + [
             config.ehr_root / "root" / "all_stays.csv", config.cxr_root / CXR_FILES["metadata"]]],
-        "episodes": stat_signature(episode_paths), "images": stat_signature(image_paths),
+        # From the files' bytes, never their timestamps or paths: byte-identical data share it.
+        "episodes": content_signature(episode_paths, _digest_memo(config)),
+        "images": content_signature(image_paths, _digest_memo(config)),
     })
     folder = config.resolved_cache_dir() / f"{task.name}-{key[:20]}"
     state = ensure_entry(folder, lambda tmp: _build_task_entry(
@@ -310,7 +317,7 @@ def _ensure_radiology(config: DataConfig, progress: bool) -> tuple[Path, str]:
     key = fingerprint({"version": CACHE_VERSION, "size": config.stored_image_size,
                        "csv": [content_digest(config.cxr_root / CXR_FILES[k])
                                for k in ("chexpert", "ehr_split")],
-                       "images": stat_signature(paths)})
+                       "images": content_signature(paths, _digest_memo(config))})
     folder = config.resolved_cache_dir() / f"radiology-{key[:20]}"
 
     def build(tmp: Path) -> None:

@@ -132,12 +132,16 @@ def to_model_input(images: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 def resize_to_width(source: Path, target: Path, width: int = 512) -> None:
-    """MedFuse's resize.py: width 512, aspect kept, Lanczos; written via a temporary name."""
+    """MedFuse's resize.py: width 512, aspect kept, BICUBIC; written via a temporary name.
+
+    The original calls ``img.resize((w, h))`` without a filter, which is Pillow's BICUBIC, and
+    saves with Pillow's JPEG defaults (quality 75); both are kept so the pixels match.
+    """
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with Image.open(source) as image:
             height = int(image.size[1] * (width / float(image.size[0])))
-            image.resize((width, height), Image.Resampling.LANCZOS).save(temporary, format="JPEG")
+            image.resize((width, height), Image.Resampling.BICUBIC).save(temporary, format="JPEG")
         os.replace(temporary, target)
     except (OSError, ValueError) as error:
         temporary.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """Pairing chest X-rays with ICU stays (MedFuse section 2.3) and the radiology image table.
 
 A stay's image is the LATEST AP image taken between ICU admission and the window end (admission
-+ 48 h, or discharge for the full stay). Ties on the study time are broken by dicom_id so the
-result never depends on row order.
++ 48 h, or discharge for the full stay). Of images with equal study times the one that comes last
+in the metadata file wins, as in the original (``datasets/fusion.py``: a sort on StudyDateTime of
+rows in metadata order, then ``tail(1)``).
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def pair_images(metadata: pd.DataFrame, all_stays: pd.DataFrame, window: str) ->
     Returns:
         A frame with one row per paired stay: stay_id, dicom_id, StudyDateTime.
     """
+    metadata = metadata.assign(file_row=np.arange(len(metadata)))
     merged = metadata.merge(all_stays[["subject_id", "stay_id", "intime", "outtime"]],
                             on="subject_id", how="inner")
     end = merged["intime"] + pd.Timedelta(hours=48) if window == "48h" else merged["outtime"]
     inside = (merged["StudyDateTime"] >= merged["intime"]) & (merged["StudyDateTime"] <= end)
     chosen = merged.loc[inside & (merged["ViewPosition"] == "AP")]
-    chosen = chosen.sort_values(["stay_id", "StudyDateTime", "dicom_id"], kind="stable")
+    chosen = chosen.sort_values(["stay_id", "StudyDateTime", "file_row"], kind="stable")
     latest = chosen.drop_duplicates("stay_id", keep="last")
     return latest[["stay_id", "dicom_id", "StudyDateTime"]].reset_index(drop=True)
 

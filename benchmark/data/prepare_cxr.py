@@ -1,5 +1,12 @@
 """``fusebench data prepare-cxr``: a raw MIMIC-CXR-JPG tree -> ``resized/`` + ``mimic-cxr-ehr-split.csv``.
 
+The two steps of the original (``resize.py``, ``ehr_utils/create_split.py``): every
+``files/pNN/pSUBJECT/sSTUDY/DICOM.jpg`` resized to width 512 (aspect kept, Pillow's BICUBIC, as
+the original's filter-less ``img.resize``), and the official split realigned to the EHR subjects:
+``validate``/``test`` for subjects of the phenotyping val/test listfiles, ``train`` otherwise.
+Subject ids are compared as numbers (the original compares the listfile's text ids with the
+split's integer column, which never match, so its realignment leaves every image in train).
+
 Resumable: a resized image that exists is skipped, and every file is written under a temporary
 name and renamed, so an interrupted run leaves only complete files behind.
 """
@@ -8,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,15 +24,10 @@ from fusebench.data.images import resize_many
 from fusebench.data.layout import CXR_FILES
 from fusebench.data.readers import read_csv_checked, read_listfile
 from fusebench.errors import FusebenchError
+from fusebench.fileio import atomic_write_bytes
 from fusebench.progress import make_progress
 
 __all__ = ["ehr_split", "prepare_cxr"]
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _copy_csv(raw: Path, out: Path, name: str) -> Path:
@@ -37,8 +38,8 @@ def _copy_csv(raw: Path, out: Path, name: str) -> Path:
     for candidate in (raw / name, raw / f"{name}.gz"):
         if candidate.is_file():
             data = candidate.read_bytes()
-            _atomic_text(target, (gzip.decompress(data) if candidate.suffix == ".gz"
-                                  else data).decode())
+            atomic_write_bytes(target, gzip.decompress(data) if candidate.suffix == ".gz"
+                               else data)
             return target
     raise FusebenchError(f"{raw / name}: not found (nor {name}.gz); --raw must be the "
                          "MIMIC-CXR-JPG 2.0.0 folder holding the CSV files and files/")
@@ -48,9 +49,8 @@ def ehr_split(split_csv: Path, ehr_root: Path) -> pd.DataFrame:
     """MIMIC-CXR split realigned to the EHR subjects (via the phenotyping val/test listfiles)."""
     splits = read_csv_checked(split_csv, ["dicom_id", "study_id", "subject_id", "split"],
                               "MIMIC-CXR split", dtype={"dicom_id": str})
-    labels: tuple[str, ...] = ()
-    val = read_listfile(ehr_root, "phenotyping", "val", labels).subject_ids
-    test = read_listfile(ehr_root, "phenotyping", "test", labels).subject_ids
+    val = read_listfile(ehr_root, "phenotyping", "val", ()).subject_ids  # stays only, no labels
+    test = read_listfile(ehr_root, "phenotyping", "test", ()).subject_ids
     splits["split"] = "train"
     splits.loc[splits["subject_id"].isin(val), "split"] = "validate"
     splits.loc[splits["subject_id"].isin(test), "split"] = "test"
@@ -79,6 +79,6 @@ def prepare_cxr(raw: Path, out: Path, ehr_root: Path, *, progress: bool = True) 
         resize_many(todo, (lambda n: display.update(bar, advance=n)) if display
                     else (lambda n: None))
     buffer = io.StringIO()
-    ehr_split(out / CXR_FILES["split"], ehr_root).to_csv(buffer, index=False)
-    _atomic_text(out / CXR_FILES["ehr_split"], buffer.getvalue())
+    ehr_split(out / CXR_FILES["split"], ehr_root).to_csv(buffer, index=False, lineterminator="\n")
+    atomic_write_bytes(out / CXR_FILES["ehr_split"], buffer.getvalue().encode())
     return {"images": len(sources), "resized": len(todo), "skipped": len(sources) - len(todo)}

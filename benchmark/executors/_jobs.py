@@ -11,9 +11,9 @@ from rich.progress import Progress
 
 from fusebench.checkpoints import delete_checkpoint
 from fusebench.data import DataConfig, prepare
+from fusebench.fileio import atomic_write_bytes
 from fusebench.progress import RunProgress
 from fusebench.registry import extra_plugins, get_registry, set_extra_plugins
-from fusebench.results import atomic_write_bytes
 from fusebench.runner import (
     RunRequest,
     execute_run,
@@ -21,13 +21,14 @@ from fusebench.runner import (
     pretrain,
     record_failure,
     run_dir,
+    run_identity,
 )
 
 __all__ = ["ExecutorSettings", "GridJob", "JobOutcome", "land_files", "run_job"]
 
 # What a finished run leaves for the leaderboard (the checkpoint stays with the worker).
 _RESULT_FILES = ("result-paired.json", "result-partial.json", "predictions-paired.csv",
-                 "predictions-partial.csv", "failed.json")
+                 "predictions-partial.csv", "failed.json", "run.json")
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ class ExecutorSettings:
         jobs: grid entries run at once (``--jobs``; the local executor's process count).
         retries: resubmissions of a job whose worker died.
         log_dir: folder for per-job logs (``--out``/logs).
-        options: executor-specific settings (``--slurm-partition`` ... and ``--executor-option
-            KEY=VALUE``), e.g. ``partition``, ``gpus``, ``time_min``, ``cluster``, ``address``.
+        options: the chosen executor's settings given on the command line, by
+            :attr:`ExecutorOption.name <fusebench.specs.ExecutorOption>` (``--slurm-partition gpu``
+            gives ``{"partition": "gpu"}``).
         display: the grid's live progress display, for executors that run jobs in this process.
     """
 
@@ -109,7 +111,9 @@ def run_job(job: GridJob, display: Progress | None = None) -> JobOutcome:
 
     A method that raises or returns bad outputs is recorded as failed (``failed.json``) and the
     job still returns; a run interrupted earlier resumes from its checkpoint; a run with valid
-    results is not recomputed, so its checkpoint is deleted once the results are written.
+    results of the same identity (settings, data, method version) is not recomputed, so its
+    checkpoint is deleted once the results are written; a run folder holding another identity's
+    run is started over.
 
     Args:
         job: the job.
@@ -122,15 +126,19 @@ def run_job(job: GridJob, display: Progress | None = None) -> JobOutcome:
         set_extra_plugins(job.plugins)
     registry = get_registry()
     data = prepare(job.data_config, registry.task(job.request.task), progress=False)
-    folder = run_dir(job.request, registry.method(job.request.method), data)
-    if job.kind == "run" and finished_results(folder):
+    method, task = registry.method(job.request.method), registry.task(job.request.task)
+    folder = run_dir(job.request, method, data)
+    if job.kind == "run" and finished_results(folder, run_identity(job.request, method, task,
+                                                                   data)):
         return JobOutcome(job, "done-already", files=_files(folder))
     try:
         with RunProgress(display) as progress:
             if job.kind == "stage":
                 pretrain(registry, job.request, data, stages=(job.stage,), progress=progress)
                 return JobOutcome(job, "finished")
-            execute_run(registry, job.request, data, resume=True, progress=progress)
+            # The grid's settings decide: a folder holding another identity's run starts over.
+            execute_run(registry, job.request, data, resume=True, replace_other=True,
+                        progress=progress)
         # A finished grid entry is never resumed: its checkpoint (four copies of the weights,
         # with the best state and Adam's moments) would only fill the disk.
         delete_checkpoint(folder / "checkpoint.pt")
@@ -151,16 +159,21 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def land_files(outcome: JobOutcome, folder: Path) -> None:
-    """Write the files a worker returned into ``folder`` where they are not there already.
+    """Make ``folder`` hold the run files a worker returned.
 
     A worker on a machine without the driver's file system wrote its run folder elsewhere; its
-    files arrive here and are written atomically. Files already present (a shared file system)
-    are left as they are.
+    files arrive here and are written atomically, replacing those of an earlier run there.
+    Identical files (a shared file system) are left as they are.
 
     Raises:
         FusebenchError: ``folder`` cannot be written.
     """
-    for name, content in outcome.files.items():
-        if not (folder / name).exists():
-            atomic_write_bytes(folder / name, content)
+    if not outcome.files:
+        return  # a lost job: nothing arrived, and what is there stays
+    for name in _RESULT_FILES:
+        target, content = folder / name, outcome.files.get(name)
+        if content is None:
+            target.unlink(missing_ok=True)
+        elif not target.exists() or target.read_bytes() != content:
+            atomic_write_bytes(target, content)
 
