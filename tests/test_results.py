@@ -109,12 +109,14 @@ def _write(tmp_path: Path, name: str, result: dict) -> Path:
     return path
 
 
-def test_merge_refuses_other_dataset_and_duplicates(tmp_path):
+def test_merge_keeps_other_data_apart_and_refuses_duplicates(tmp_path):
     board = tmp_path / "leaderboards" / "demo" / "in-hospital-mortality.json"
     merge_result(board, _write(tmp_path, "a.json", make_result("acme")))
-    other = make_result("beta", fingerprint="e" * 64)
-    with pytest.raises(FusebenchError, match="fingerprint"):
-        merge_result(board, _write(tmp_path, "b.json", other))
+    merge_result(board, _write(tmp_path, "b.json", make_result("beta", fingerprint="e" * 64)))
+    written = load_leaderboard(board)
+    assert [e["method"] for e in written["entries"]] == ["acme"]
+    assert [e["method"] for e in written["other_entries"]] == ["beta"]  # kept, not ranked
+    assert "## Entries on other data or settings" in board.with_suffix(".md").read_text()
     with pytest.raises(FusebenchError, match="already has acme.*--force"):
         merge_result(board, _write(tmp_path, "c.json", make_result("acme", auroc=0.9)))
     merge_result(board, tmp_path / "c.json", force=True)
