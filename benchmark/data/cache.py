@@ -3,6 +3,8 @@
 An entry is a folder ``{cache_dir}/{kind}-{fingerprint[:20]}/`` holding ``.npy``/``.json`` files
 and ``manifest.json`` (size of every file, sha256 of the small ones). A folder without a valid
 manifest (a crash, a truncated copy, a disk error) is never used: it is removed and rebuilt.
+A build writes into the hidden ``.{entry}.{host}-{pid}.tmp``; one left by a killed build (its
+process is gone) is removed by the next build in the same cache folder.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,13 @@ from typing import Any
 from fusebench.errors import FusebenchError
 
 __all__ = [
-    "content_signature",
     "CACHE_VERSION",
     "content_digest",
     "ensure_entry",
     "entry_problem",
     "fingerprint",
+    "content_signature",
+    "remove_orphaned_builds",
 ]
 
 # Bump when the cached arrays' meaning changes so old entries are not reused.
@@ -108,6 +113,44 @@ def _write_manifest(folder: Path) -> None:
                                                      indent=1))
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+# ``.{entry}.{host}-{pid}.tmp``; temporaries of older versions lack the host.
+_TEMPORARY = re.compile(r"\.(?P<entry>.+?)\.(?:(?P<host>[A-Za-z0-9_-]+)-)?(?P<pid>\d+)\.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphaned_builds(cache_dir: Path) -> list[Path]:
+    """Remove the temporary folders of builds killed in ``cache_dir``; return what was removed.
+
+    A temporary folder is an orphan when it was made on this host by a process that no longer
+    runs; one made on another host (a shared file system) may belong to a live build there and
+    is left alone.
+    """
+    removed = []
+    try:
+        candidates = [p for p in cache_dir.iterdir() if p.name.startswith(".")]
+    except OSError:
+        return removed
+    for path in candidates:
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or match["host"] not in (None, _HOST):
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def ensure_entry(folder: Path, build: Callable[[Path], None]) -> str:
     """Reuse ``folder`` if intact, else build it through a temporary folder and a rename.
 
@@ -127,7 +170,8 @@ def ensure_entry(folder: Path, build: Callable[[Path], None]) -> str:
         shutil.rmtree(folder, ignore_errors=True)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+        remove_orphaned_builds(folder.parent)
+        temporary = folder.parent / f".{folder.name}.{_HOST}-{os.getpid()}.tmp"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
     except OSError as error:

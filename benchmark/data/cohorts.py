@@ -26,6 +26,7 @@ from fusebench.data.cache import (
     ensure_entry,
     fingerprint,
 )
+from fusebench.data.discretizer import load_value_ranges
 from fusebench.data.ehr_build import build_ehr_arrays, stay_end_hours
 from fusebench.data.images import augment_batch, decode_images, to_model_input
 from fusebench.data.layout import CHEXPERT_LABELS, CXR_FILES, SPLITS, DataConfig, require_file
@@ -58,7 +59,10 @@ class CohortView:
                          else source["stay_ids"][rows])
         self.labels = source["labels"][rows]
         self.has_cxr = self._image_index >= 0
-        self.dicom_ids = np.where(self.has_cxr, source["dicom_ids"][self._image_index], "")
+        # Rows without an image hold index -1: never used to index (the table may be empty).
+        self.dicom_ids = np.full(len(rows), "", dtype=source["dicom_ids"].dtype
+                                 if len(source["dicom_ids"]) else "<U1")
+        self.dicom_ids[self.has_cxr] = source["dicom_ids"][self._image_index[self.has_cxr]]
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -151,14 +155,30 @@ class PreparedData:
         self.skips: list[dict] = list(self._arrays["skips"])
 
     def cohort(self, split: str, cohort: str) -> CohortView:
-        """Paired (stays with an image) or partial (every stay of the split) rows, file order."""
+        """Paired (stays with an image) or partial (every stay of the split) rows, file order.
+
+        Raises:
+            FusebenchError: an unknown split or cohort; no image of the CXR metadata pairs with
+                any stay of the task (every paired cohort empty), naming the metadata file.
+        """
+        rows = self._cohort_rows(split, cohort)
+        if not (self._arrays["image_index"] >= 0).any():
+            metadata = self.config.cxr_root / CXR_FILES["metadata"]
+            window = self.config.window_for(self.task.default_cxr_window)
+            raise FusebenchError(
+                f"{metadata}: no image pairs with any stay of {self.task.name} (a pair needs "
+                f"ViewPosition AP, StudyDate/StudyTime inside the stay's {window} window and the "
+                "stay's subject_id); check those columns")
+        return CohortView(self, rows)
+
+    def _cohort_rows(self, split: str, cohort: str) -> np.ndarray:
         if split not in SPLITS or cohort not in ("paired", "partial"):
             raise FusebenchError(f"unknown split/cohort {split}/{cohort}: use train|val|test and "
                                  "paired|partial")
         in_split = self._arrays["split"] == SPLITS.index(split)
         if cohort == "paired":
             in_split &= self._arrays["image_index"] >= 0
-        return CohortView(self, np.flatnonzero(in_split))
+        return np.flatnonzero(in_split)
 
     def radiology(self, split: str) -> CohortView:
         """All labelled CXR images of ``split`` with the 14 CheXpert labels (built on first use)."""
@@ -191,7 +211,7 @@ class PreparedData:
         for split in SPLITS:
             splits[split] = {}
             for cohort in ("paired", "partial"):
-                view = self.cohort(split, cohort)
+                view = CohortView(self, self._cohort_rows(split, cohort))
                 counts = view.labels.sum(axis=0) if len(view) else np.zeros(self.task.num_classes)
                 splits[split][cohort] = {
                     "stays": len(view),
@@ -249,6 +269,7 @@ def prepare(config: DataConfig, task: TaskSpec, *, progress: bool = True) -> Pre
     key = fingerprint({
         "version": CACHE_VERSION, "task": [task.name, list(task.labels), task.period_hours],
         "config": [config.normalizer, window, config.stored_image_size],
+        "value_ranges": load_value_ranges(),
         "csv": [content_digest(p) for p in [lf.path for lf in listfiles] + [
             config.ehr_root / "root" / "all_stays.csv", config.cxr_root / CXR_FILES["metadata"]]],
         # From the files' bytes, never their timestamps or paths: byte-identical data share it.

@@ -16,14 +16,20 @@ channel (``np.maximum.accumulate``) gives both the last value of each bin and th
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
+from fusebench.errors import FusebenchError
+
 __all__ = [
     "EPS",
+    "VALUE_RANGES_ENV",
     "Binned",
     "DiscretizerConfig",
     "bin_counts",
@@ -32,11 +38,14 @@ __all__ = [
     "encode",
     "load_discretizer_config",
     "load_medfuse_normalizer",
+    "load_value_ranges",
     "normalize",
     "normalizer_statistics",
+    "value_bounds",
 ]
 
 EPS = 1e-6
+VALUE_RANGES_ENV = "FUSEBENCH_VALUE_RANGES"
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,59 @@ def load_discretizer_config() -> DiscretizerConfig:
     )
 
 
+def load_value_ranges() -> dict[str, list[float | None]]:
+    """Per continuous channel, the ``[low, high]`` its values must lie in (None: no bound).
+
+    The packaged generous physical ranges (``resources/value_ranges.json``), with the channels
+    of the JSON file named by ``$FUSEBENCH_VALUE_RANGES`` (``{channel: [low, high]}``) replacing
+    theirs. The result is part of the cache fingerprint: other ranges, another cache entry.
+
+    Raises:
+        FusebenchError: the override file is unreadable, names an unknown or categorical
+            channel, or gives a range that is not two ordered numbers (or nulls).
+    """
+    text = resources.files("fusebench.data").joinpath("resources/value_ranges.json")
+    ranges: dict[str, list[float | None]] = json.loads(text.read_text())["ranges"]
+    override = os.environ.get(VALUE_RANGES_ENV, "").strip()
+    if not override:
+        return ranges
+    path = Path(override)
+    try:
+        custom = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FusebenchError(f"{path} (${VALUE_RANGES_ENV}): cannot read the value ranges "
+                             f"({error}); give a JSON object {{channel: [low, high]}}") from error
+    if not isinstance(custom, dict):
+        raise FusebenchError(f"{path} (${VALUE_RANGES_ENV}): expected a JSON object "
+                             "{channel: [low, high]}")
+    for channel, bounds in custom.items():
+        if channel not in ranges:
+            raise FusebenchError(f"{path} (${VALUE_RANGES_ENV}): {channel!r} is not a continuous "
+                                 f"channel; use one of {', '.join(sorted(ranges))}")
+        numbers = [b for b in bounds if b is not None] if isinstance(bounds, list) else None
+        if (numbers is None or len(bounds) != 2
+                or not all(isinstance(b, int | float) and not isinstance(b, bool)
+                           and math.isfinite(b) for b in numbers)
+                or (len(numbers) == 2 and numbers[0] > numbers[1])):
+            raise FusebenchError(f"{path} (${VALUE_RANGES_ENV}): range of {channel!r} is "
+                                 f"{bounds!r}; give [low, high] with low <= high (null: no bound)")
+        ranges[channel] = bounds
+    return ranges
+
+
+def value_bounds(config: DiscretizerConfig,
+                 ranges: dict[str, list[float | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """(17,) lowest and highest allowed value per channel (-inf/inf: unbounded, categorical)."""
+    low = np.full(len(config.channels), -np.inf)
+    high = np.full(len(config.channels), np.inf)
+    for channel, name in enumerate(config.channels):
+        bounds = ranges.get(name) or [None, None]
+        if not config.is_categorical(name):
+            low[channel] = -np.inf if bounds[0] is None else float(bounds[0])
+            high[channel] = np.inf if bounds[1] is None else float(bounds[1])
+    return low, high
+
+
 def load_medfuse_normalizer() -> tuple[np.ndarray, np.ndarray]:
     """Means and stds (76 each) of the original MedFuse normalizer file (MIMIC-III statistics)."""
     text = resources.files("fusebench.data").joinpath("resources/medfuse_normalizer_ph_ts1.0.json")
@@ -171,8 +233,10 @@ def bin_events(hours: np.ndarray, stay: np.ndarray, values: np.ndarray, end_hour
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(starts[-1])
 
-    bins = np.trunc(hours / config.timestep - EPS).astype(np.int64)
-    before_admission = bins < 0
+    scaled = hours / config.timestep - EPS
+    before_admission = scaled <= -1.0  # truncation toward zero: bin < 0 exactly here
+    # Clipped before the cast: a huge Hours (1e30) would otherwise wrap to a negative bin.
+    bins = np.trunc(np.clip(scaled, -1.0, 2.0**62)).astype(np.int64)
     # ``bins < counts``: with an end a hair (< eps) past a whole hour, a row in that hair would
     # land in the next stay's first bin (the original stops on an assertion there).
     keep = ~before_admission & (hours <= np.asarray(end_hours)[stay] + EPS) & (bins < counts[stay])

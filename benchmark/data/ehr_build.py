@@ -139,8 +139,8 @@ def discretized_chunks(episode_paths: Sequence[Path], origins: Sequence[str],
         binned = bin_events(events.hours, events.stay, events.values, end_hours[first:last],
                             config)
         raw = np.ascontiguousarray(binned.filled[config.continuous_channels].T)
-        skips = _before_admission_skips(events, binned.before_admission,
-                                        episode_paths[first:last])
+        skips = [*events.skips, *_before_admission_skips(events, binned.before_admission,
+                                                         episode_paths[first:last])]
         return EhrChunk(last - first, encode(binned.filled, binned.observed, config, np.float32),
                         raw, skips)
 

@@ -34,6 +34,31 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Below this many images a process pool costs more than it saves.
 _POOL_THRESHOLD = 64
+# Modes Pillow converts to 8-bit grey correctly; 16-bit and 32-bit integer modes it clips at 255.
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
+                              "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` with 8 bits per channel: 16-bit grey scaled by 255/65535, not clipped.
+
+    Pillow's ``convert("L")`` clips 16-bit values at 255 (a 16-bit PNG turns almost white).
+    Mode ``I`` (32-bit integers, how some readers open 16-bit files) is taken as 16-bit when
+    its values fit; anything else (floats, negative or larger values) has no defined white
+    and is refused.
+
+    Raises:
+        FusebenchError: an image mode that has no 8-bit meaning, naming the file.
+    """
+    if image.mode in _EIGHT_BIT_MODES:
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image).astype(np.int64)
+        if pixels.size and pixels.min() >= 0 and pixels.max() <= 65535:
+            return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8), "L")
+    raise FusebenchError(f"{path}: image mode {image.mode} (values "
+                         f"{np.asarray(image).min()}..{np.asarray(image).max()}) cannot be read "
+                         "as 8-bit or 16-bit grey; convert it to an 8-bit or 16-bit grey image")
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
@@ -44,7 +69,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            image = image.convert("L")
+            image = _eight_bit(image, path).convert("L")
             width, height = image.size
             short, long = (width, height) if width <= height else (height, width)
             new_long = int(size * long / short)  # torchvision's rounding down of the long side
@@ -141,7 +166,10 @@ def resize_to_width(source: Path, target: Path, width: int = 512) -> None:
     try:
         with Image.open(source) as image:
             height = int(image.size[1] * (width / float(image.size[0])))
-            image.resize((width, height), Image.Resampling.BICUBIC).save(temporary, format="JPEG")
+            pixels = _eight_bit(image, source)
+            if pixels.mode not in ("L", "RGB", "CMYK"):  # JPEG has no alpha or palette
+                pixels = pixels.convert("L")
+            pixels.resize((width, height), Image.Resampling.BICUBIC).save(temporary, format="JPEG")
         os.replace(temporary, target)
     except (OSError, ValueError) as error:
         temporary.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from fusebench.data.discretizer import DiscretizerConfig
+from fusebench.data.discretizer import DiscretizerConfig, load_value_ranges, value_bounds
 from fusebench.data.labels import check_label_header
 from fusebench.data.layout import episode_path, listfile_path, require_file
 from fusebench.errors import FusebenchError
@@ -41,7 +41,10 @@ def read_csv_checked(path: Path, columns: Sequence[str], what: str,
     require_file(path, what)
     try:
         frame = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+    except UnicodeDecodeError as error:
+        raise FusebenchError(_not_utf8(path.read_bytes(), lambda row: f"{path} line {row + 1}",
+                                       what)) from error
+    except (pd.errors.ParserError, ValueError) as error:
         raise FusebenchError(f"{path}: cannot parse the {what} ({_first_line(error)})") from error
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -50,17 +53,42 @@ def read_csv_checked(path: Path, columns: Sequence[str], what: str,
     return frame
 
 
+def _not_utf8(text: bytes, locate: Callable[[int], str], what: str) -> str:
+    """The message for the first byte of ``text`` that is not UTF-8, located by its row."""
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        row = text.count(b"\n", 0, error.start)
+        return (f"{locate(row)}: byte 0x{text[error.start]:02x} is not UTF-8 text; save the "
+                f"{what} as UTF-8")
+    return f"{locate(0)}: the {what} is not UTF-8 text; save it as UTF-8"
+
+
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def numeric_column(frame: pd.DataFrame, column: str, path: Path, *, integer: bool = False,
                    allowed: Sequence[float] | None = None) -> np.ndarray:
-    """A column as numbers; the first empty/non-numeric/disallowed cell is an error with its line."""
+    """A column as numbers; the first empty/non-numeric/disallowed cell is an error with its line.
+
+    Integer columns read as text (``dtype=str``) are checked digit by digit: ``3.6e7`` or a
+    20-digit id would otherwise pass through a float and become another id.
+    """
+    if integer and not pd.api.types.is_numeric_dtype(frame[column]):
+        text = frame[column].fillna("").astype(str).str.strip()
+        # At most 18 digits: always inside int64, so no id wraps or rounds.
+        bad = ~text.str.fullmatch(r"[+-]?\d{1,18}(\.0*)?").to_numpy(bool)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise FusebenchError(f"{path} line {row + 2}: column {column!r} is "
+                                 f"{frame[column].iloc[row]!r}, expected an integer "
+                                 "(digits only, at most 18)")
+        return text.str.replace(r"\.0*$", "", regex=True).astype(np.int64).to_numpy()
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
-    bad = np.isnan(values)
+    bad = ~np.isfinite(values)
     if integer:
-        bad |= ~np.isclose(values, np.round(values))
+        bad |= ~np.isclose(values, np.round(values)) | (np.abs(values) > 2.0**53)
     if allowed is not None:
         bad |= ~np.isin(values, allowed)
     if bad.any():
@@ -103,7 +131,7 @@ def read_listfile(ehr_root: Path, task: str, split: str, labels: Sequence[str]) 
     """
     path = listfile_path(ehr_root, task, split)
     frame = read_csv_checked(path, ["stay", "period_length", "stay_id"],
-                             f"{split} listfile of {task}", dtype={"stay": str})
+                             f"{split} listfile of {task}", dtype={"stay": str, "stay_id": str})
     check_label_header(list(frame.columns), labels, path)
     stay_ids = numeric_column(frame, "stay_id", path, integer=True)
     period = numeric_column(frame, "period_length", path)
@@ -142,7 +170,8 @@ def check_unique_stays(listfiles: Sequence[Listfile]) -> None:
 def read_all_stays(ehr_root: Path) -> pd.DataFrame:
     """``root/all_stays.csv``: subject_id, stay_id, intime, outtime (validated, unique stay_id)."""
     path = ehr_root / "root" / "all_stays.csv"
-    frame = read_csv_checked(path, ["subject_id", "stay_id", "intime", "outtime"], "ICU stay table")
+    frame = read_csv_checked(path, ["subject_id", "stay_id", "intime", "outtime"], "ICU stay table",
+                             dtype={"subject_id": str, "stay_id": str})
     result = pd.DataFrame({
         "subject_id": numeric_column(frame, "subject_id", path, integer=True),
         "stay_id": numeric_column(frame, "stay_id", path, integer=True),
@@ -189,16 +218,21 @@ class Episodes:
         values: (R, 17) float64 values (category index for categorical channels), NaN = empty;
             Fortran-ordered, so each channel is contiguous for the discretizer.
         line: (R,) int64 file line of each row.
+        skips: counted skips ``{"file", "line", "reason", ...}``: cells outside their channel's
+            value range (treated as empty, one entry per file and channel) and files holding
+            a header only (the stay is kept: every hour imputed with normal values).
     """
 
     hours: np.ndarray
     stay: np.ndarray
     values: np.ndarray
     line: np.ndarray
+    skips: tuple[dict, ...] = ()
 
 
 def read_episodes(paths: Sequence[Path], origins: Sequence[str], config: DiscretizerConfig,
-                  *, threads: int | None = None) -> Episodes:
+                  *, threads: int | None = None,
+                  ranges: dict[str, list[float | None]] | None = None) -> Episodes:
     """Read episode CSVs into one event table; the files of a piece are parsed in one go.
 
     Many files are read in consecutive pieces on several threads: file reads and pandas' C
@@ -209,6 +243,14 @@ def read_episodes(paths: Sequence[Path], origins: Sequence[str], config: Discret
         origins: per file, where it was listed (``"train_listfile.csv line 7"``), for errors.
         config: the discretizer configuration (channel names and categories).
         threads: at most this many threads (default: up to 2, the cores available).
+        ranges: allowed value range per continuous channel (default
+            :func:`fusebench.data.discretizer.load_value_ranges`); a cell outside is treated as
+            empty and counted in ``skips``.
+
+    Raises:
+        FusebenchError: naming file and line: a missing file, a bad header, a cell that is not
+            a number or not a known category, an empty or non-finite ``Hours``, a byte that is
+            not UTF-8, rows out of time order.
 
     Example:
         >>> events = read_episodes([path], ["train_listfile.csv line 2"], config)  # doctest: +SKIP
@@ -217,11 +259,13 @@ def read_episodes(paths: Sequence[Path], origins: Sequence[str], config: Discret
     threads = max(1, min(threads or _THREADS, len(paths) // _MIN_FILES_PER_THREAD))
     bounds = np.linspace(0, len(paths), threads + 1).astype(int).tolist()
     pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
+    limits = value_bounds(config, load_value_ranges() if ranges is None else ranges)
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            parsed = list(pool.map(lambda b: _read_piece(paths, origins, *b, config), pieces))
+            parsed = list(pool.map(lambda b: _read_piece(paths, origins, *b, config, limits),
+                                   pieces))
     else:
-        parsed = [_read_piece(paths, origins, *b, config) for b in pieces]
+        parsed = [_read_piece(paths, origins, *b, config, limits) for b in pieces]
     parts = [part for piece in parsed for part in piece]
     if not parts:
         empty = np.zeros(0, np.int64)
@@ -237,7 +281,8 @@ _MIN_FILES_PER_THREAD = 64
 
 
 def _read_piece(paths: Sequence[Path], origins: Sequence[str], start: int, stop: int,
-                config: DiscretizerConfig) -> list[Episodes]:
+                config: DiscretizerConfig,
+                limits: tuple[np.ndarray, np.ndarray]) -> list[Episodes]:
     """Files ``start:stop``: read, check headers, parse each header's files in one go."""
     groups: dict[tuple[str, ...], list[tuple[int, bytes, int]]] = {}
     headers: dict[bytes, tuple[str, ...]] = {}  # each distinct header line is checked once
@@ -254,7 +299,8 @@ def _read_piece(paths: Sequence[Path], origins: Sequence[str], start: int, stop:
         body = body.rstrip(b"\r\n")
         rows = body.count(b"\n") + 1 if body else 0
         groups.setdefault(columns, []).append((index, body, rows))
-    return [_parse_group(columns, members, paths, config) for columns, members in groups.items()]
+    return [_parse_group(columns, members, paths, config, limits)
+            for columns, members in groups.items()]
 
 
 def _read_file(path: Path) -> bytes:
@@ -276,10 +322,11 @@ def _concatenate(parts: list[Episodes]) -> Episodes:
     values = np.concatenate([p.values.T for p in parts], axis=1).T
     hours = np.concatenate([p.hours for p in parts])
     line = np.concatenate([p.line for p in parts])
+    skips = tuple(skip for p in parts for skip in p.skips)
     if np.any(stay[1:] < stay[:-1]):
         order = np.argsort(stay, kind="stable")
-        return Episodes(hours[order], stay[order], values.T[:, order].T, line[order])
-    return Episodes(hours, stay, values, line)
+        return Episodes(hours[order], stay[order], values.T[:, order].T, line[order], skips)
+    return Episodes(hours, stay, values, line, skips)
 
 
 def _check_header(header: bytes, path: Path, config: DiscretizerConfig) -> tuple[str, ...]:
@@ -296,7 +343,8 @@ def _check_header(header: bytes, path: Path, config: DiscretizerConfig) -> tuple
 
 
 def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]],
-                 paths: Sequence[Path], config: DiscretizerConfig) -> Episodes:
+                 paths: Sequence[Path], config: DiscretizerConfig,
+                 limits: tuple[np.ndarray, np.ndarray]) -> Episodes:
     indices = np.array([m[0] for m in members], np.int64)
     counts = np.array([m[2] for m in members], np.int64)
     stay = np.repeat(indices, counts)
@@ -305,17 +353,45 @@ def _parse_group(columns: tuple[str, ...], members: list[tuple[int, bytes, int]]
     locate = _Locator(stay, line, paths)
     frame = _read_frame([m[1] for m in members if m[2]], columns, config, locate)
     hours = frame["Hours"].to_numpy(np.float64)[:-1]
-    if np.isnan(hours).any():
-        raise FusebenchError(f"{locate(int(np.flatnonzero(np.isnan(hours))[0]))}: Hours is empty;"
-                             " every row needs a time")
+    if not np.isfinite(hours).all():
+        row = int(np.flatnonzero(~np.isfinite(hours))[0])
+        problem = "empty" if np.isnan(hours[row]) else f"{hours[row]} (not a finite number)"
+        raise FusebenchError(f"{locate(row)}: Hours is {problem}; every row needs a time in "
+                             "hours since ICU admission")
     # Fortran order: each channel's column is contiguous, as the discretizer reads it.
     values = np.empty((len(hours), len(config.channels)), order="F")
+    skips = [{"file": str(paths[index]), "line": 1, "reason": "episode file has a header only: "
+              "stay kept, every hour imputed with normal values"}
+             for index, _, rows in members if rows == 0]
     for channel, name in enumerate(config.channels):
         if config.is_categorical(name):
             values[:, channel] = _category_indices(frame[name].array, name, config, locate)
         else:
             values[:, channel] = frame[name].to_numpy(np.float64)[:-1]
-    return Episodes(hours, stay, values, line)
+            skips += _drop_out_of_range(values[:, channel], name, limits[0][channel],
+                                        limits[1][channel], stay, line, paths)
+    return Episodes(hours, stay, values, line, tuple(skips))
+
+
+def _drop_out_of_range(column: np.ndarray, name: str, low: float, high: float,
+                       stay: np.ndarray, line: np.ndarray, paths: Sequence[Path]) -> list[dict]:
+    """Empty (NaN) the cells of ``column`` outside ``[low, high]`` in place; one skip per file.
+
+    Infinite cells (``1e400`` overflows to inf) are outside every range, so no inf ever
+    reaches the normalizer, whose statistics one such cell would turn into NaN for every stay.
+    """
+    outside = (column < low) | (column > high) | np.isinf(column)
+    if not outside.any():
+        return []
+    rows = np.flatnonzero(outside)
+    files, first, counts = np.unique(stay[rows], return_index=True, return_counts=True)
+    skips = [{"file": str(paths[int(file)]), "line": int(line[rows[f]]), "rows": int(n),
+              "reason": f"{name} outside [{low:g}, {high:g}]: cell treated as empty "
+                        "(ranges: $FUSEBENCH_VALUE_RANGES)",
+              "value": f"{column[rows[f]]:g}"}
+             for file, f, n in zip(files, first, counts, strict=True)]
+    column[rows] = np.nan
+    return skips
 
 
 def _category_indices(cells: pd.Categorical, name: str, config: DiscretizerConfig,
@@ -367,6 +443,8 @@ def _read_frame(bodies: list[bytes], columns: tuple[str, ...], config: Discretiz
         found = re.search(r"line (\d+)", str(error))
         where = locate(int(found.group(1)) - 1) if found else "an episode file"
         raise FusebenchError(f"{where}: malformed row ({_first_line(error)})") from error
+    except UnicodeDecodeError as error:
+        raise FusebenchError(_not_utf8(text, locate, "episode file")) from error
     except (ValueError, TypeError):
         _raise_bad_number(text, columns, [c for c in columns if c not in categorical], locate)
 
@@ -374,6 +452,10 @@ def _read_frame(bodies: list[bytes], columns: tuple[str, ...], config: Discretiz
 def _raise_bad_number(text: bytes, columns: tuple[str, ...], numeric: list[str],
                       locate: _Locator) -> NoReturn:
     """Find the first non-numeric cell with a (slow) string parse and raise an error naming it."""
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FusebenchError(_not_utf8(text, locate, "episode file")) from error
     options = {**_OPTIONS, "na_values": None}
     frame = pd.read_csv(io.BytesIO(text), names=list(columns), dtype=str, **options).iloc[:-1]
     for column in numeric:
