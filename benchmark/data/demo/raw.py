@@ -179,12 +179,18 @@ _CODE_IN_BOTH_VERSIONS = "E030"
 _OTHER_CODES = (("4280", 9), ("I10", 10), ("V5861", 9), ("Z7901", 10), ("2859", 9))
 
 
-def _gcs_lookup() -> dict[str, tuple[str, int]]:
-    """Any demo GCS string (MIMIC-IV or CareVue style) -> (MIMIC-IV text, score)."""
+def _gcs_lookup(channel: str) -> dict[str, tuple[str, int]]:
+    """A demo GCS string of ``channel`` (MIMIC-IV or CareVue style) -> (MIMIC-IV text, score).
+
+    MIMIC-IV's metavision items chart the MIMIC-IV texts only, so CareVue-style demo strings
+    become their MIMIC-IV equivalent (per component: "1 No Response" differs by component).
+    """
+    table = {"Glascow coma scale eye opening": GCS_EYE,
+             "Glascow coma scale motor response": GCS_MOTOR,
+             "Glascow coma scale verbal response": GCS_VERBAL}[channel]
     lookup = {}
-    for table in (GCS_EYE, GCS_MOTOR, GCS_VERBAL):
-        for score, (metavision, carevue) in table.items():
-            lookup[metavision] = lookup[carevue] = (metavision, max(score, 1))
+    for score, (metavision, carevue) in table.items():
+        lookup[metavision] = lookup[carevue] = (metavision, max(score, 1))
     return lookup
 
 
@@ -449,7 +455,6 @@ def _events(stays: pd.DataFrame, seed: int, planted: dict) -> tuple[pd.DataFrame
         "charttime": (stay_rows["intime"].to_numpy().astype("datetime64[s]")
                       + np.round(series["Hours"].to_numpy() * 3600).astype("timedelta64[s]")),
     })
-    gcs = _gcs_lookup()
     chart, lab = [], []
     for channel, (itemid, _, unit) in _CHART_ITEMS.items():
         cells = series[channel]
@@ -457,6 +462,7 @@ def _events(stays: pd.DataFrame, seed: int, planted: dict) -> tuple[pd.DataFrame
         part = base[seen.to_numpy()].copy()
         part["itemid"] = itemid
         if channel.startswith("Glascow"):
+            gcs = _gcs_lookup(channel)
             mapped = [gcs[v] for v in cells[seen].tolist()]
             part["value"] = [m[0] for m in mapped]
             part["valuenum"] = [float(m[1]) for m in mapped]
