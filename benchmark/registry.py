@@ -1,7 +1,11 @@
 """Plugin discovery: the entry-point group ``fusebench.plugins``, loaded one plugin at a time.
 
 A plugin that fails to import or to register is reported as a warning naming the plugin, its
-distribution and the error, and every other plugin still works. Environment variables:
+distribution, its entry point and the error with its file and line, and every other plugin still
+works. Importing a plugin may neither end the process (``sys.exit`` at import is a failure of that
+plugin) nor write to stdout (its output goes to stderr, so ``--json`` output stays valid). Method
+and task names are ``[a-z0-9][a-z0-9-]*``: they name folders, CSV columns and CLI arguments.
+Environment variables:
 
 - ``FUSEBENCH_STRICT_PLUGINS=1``: any plugin failure is an error instead of a warning.
 - ``FUSEBENCH_DISABLE_PLUGINS=a,b``: skip the entry points named ``a`` and ``b``.
@@ -15,14 +19,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
+import json
 import os
+import re
+import sys
+import traceback
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import Distribution, entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -33,6 +43,8 @@ from fusebench.specs import ExecutorSpec, MethodSpec, PretrainingStage, TaskSpec
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "NAME_PATTERN",
+    "PluginFailure",
     "PluginWarning",
     "Registry",
     "extra_plugins",
@@ -43,6 +55,33 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "fusebench.plugins"
 _LOCAL = "(--plugin, not installed)"
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
+_MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or registered.
+
+    Attributes:
+        plugin: the entry point's name (or the ``--plugin`` module).
+        distribution: the installed distribution that declares it.
+        entry_point: where it is declared, e.g. ``my-fusion = "my_pkg.method" in
+            /src/my-pkg/pyproject.toml [project.entry-points."fusebench.plugins"]``.
+        error: the error, with the file and line it came from.
+        names: method or task names it tried to register (known when registration failed).
+    """
+
+    plugin: str
+    distribution: str
+    entry_point: str
+    error: str
+    names: tuple[str, ...] = ()
+
+    def message(self) -> str:
+        """One line: which plugin failed, where it is declared and why."""
+        return (f"plugin {self.plugin!r} from {self.distribution} failed: {self.error} "
+                f"(entry point {self.entry_point})")
 
 
 class PluginWarning(UserWarning):
@@ -60,6 +99,7 @@ class Registry:
         stages: pretraining stages by name.
         executors: grid executors by name.
         problems: one line per plugin that failed to load or register.
+        failures: the same failures, structured (what a lookup of a missing name reports).
     """
 
     manager: pluggy.PluginManager
@@ -68,14 +108,16 @@ class Registry:
     stages: dict[str, PretrainingStage] = field(default_factory=dict)
     executors: dict[str, ExecutorSpec] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    failures: list[PluginFailure] = field(default_factory=list)
 
     def method(self, name: str) -> MethodSpec:
-        """The method called ``name``; an error suggesting the closest names otherwise."""
-        return _lookup(self.methods, name, "method", "fusebench plugins list")
+        """The method called ``name``; an error naming the failed plugin that may have provided
+        it, or suggesting the closest names."""
+        return _lookup(self.methods, name, "method", "fusebench plugins list", self.failures)
 
     def task(self, name: str) -> TaskSpec:
         """The task called ``name``; an error suggesting the closest names otherwise."""
-        return _lookup(self.tasks, name, "task", "fusebench tasks list")
+        return _lookup(self.tasks, name, "task", "fusebench tasks list", self.failures)
 
     def stage(self, name: str) -> PretrainingStage:
         """The pretraining stage called ``name``."""
@@ -86,12 +128,30 @@ class Registry:
         return _lookup(self.executors, name, "executor", "fusebench leaderboard --help")
 
 
-def _lookup(table: dict[str, Any], name: str, kind: str, list_command: str) -> Any:
+def _lookup(table: dict[str, Any], name: str, kind: str, list_command: str,
+            failures: Sequence[PluginFailure] = ()) -> Any:
     if name in table:
         return table[name]
+    # The plugin that registered it, or whose entry point has its name, could not be loaded.
+    culprit = next((f for f in failures if name in f.names), None) or next(
+        (f for f in failures if _same_name(f.plugin, name)), None)
+    if culprit is not None:
+        raise FusebenchError(f"{kind} {name!r} is not available: {culprit.message()}; fix the "
+                             "plugin (or reinstall it) and rerun")
     close = difflib.get_close_matches(name, list(table), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else f"see `{list_command}`"
+    if failures:
+        others = "; ".join(f.message() for f in failures[:2])
+        hint += f"; {len(failures)} plugin(s) failed to load: {others}"
     raise FusebenchError(f"unknown {kind} {name!r}: {hint}")
+
+
+def _same_name(plugin: str, name: str) -> bool:
+    """Entry point and method usually share a name (``my-fusion`` / ``my_fusion.method``)."""
+    def simple(text: str) -> str:
+        return re.sub(r"[-_.]", "", text.lower())
+    module = simple(plugin.split(".")[0])
+    return simple(name) in {simple(plugin), module, module.removeprefix("fusebench")}
 
 
 def _env_flag(name: str) -> bool:
@@ -111,22 +171,32 @@ class _Loader:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.origin: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+        self.declared: dict[str, str] = {}  # plugin name -> its entry point, where declared
         self.problems: list[str] = []
+        self.failures: list[PluginFailure] = []
 
-    def fail(self, plugin: str, distribution: str, error: BaseException | str) -> None:
-        message = f"plugin {plugin!r} from {distribution} failed: {_describe(error)}"
+    def fail(self, plugin: str, distribution: str, error: BaseException | str,
+             names: Sequence[str] = ()) -> None:
+        failure = PluginFailure(plugin, distribution, self.declared.get(plugin, "?"),
+                                _describe(error), tuple(names))
+        message = failure.message()
         if self.strict:
             raise FusebenchError(
                 f"{message} (FUSEBENCH_STRICT_PLUGINS is set; unset it or fix the plugin)"
             )
         self.problems.append(message)
+        self.failures.append(failure)
         warnings.warn(message, PluginWarning, stacklevel=3)
 
-    def register(self, plugin: str, distribution: str, version: str, load: Any) -> None:
+    def register(self, plugin: str, distribution: str, version: str, load: Any,
+                 declared: str = "?") -> None:
+        self.declared[plugin] = declared
         try:
-            module = load()
+            # A plugin's prints must not corrupt --json output on stdout.
+            with contextlib.redirect_stdout(sys.stderr):
+                module = load()
             self.manager.register(module, name=plugin)
-        except Exception as error:  # a broken plugin must not break the others
+        except (Exception, SystemExit) as error:  # a broken plugin must not break the others
             self.fail(plugin, distribution, error)
             return
         self.origin[plugin] = (distribution, version)
@@ -149,14 +219,19 @@ class _Loader:
         for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
             name = self.manager.get_name(impl.plugin) or "?"
             distribution, version = self.origin.get(name, ("?", ""))
+            specs = []
             try:
-                specs = list(impl.function() or [])
+                with contextlib.redirect_stdout(sys.stderr):
+                    specs = list(impl.function() or [])
                 bad = [s for s in specs if not isinstance(s, spec_type)]
                 if bad:
                     raise TypeError(f"{hook_name} returned {type(bad[0]).__name__}, "
                                     f"expected {spec_type.__name__}")
-            except Exception as error:
-                self.fail(name, distribution, error)
+                if spec_type in (MethodSpec, TaskSpec):
+                    _check_names(specs, spec_type, impl.function)
+            except (Exception, SystemExit) as error:
+                self.fail(name, distribution, error,
+                          [str(getattr(s, "name", ""))[:_MAX_NAME] for s in specs])
                 continue
             collected += [
                 dataclasses.replace(spec, distribution=distribution, version=version)
@@ -165,10 +240,66 @@ class _Loader:
         return collected
 
 
+class _InvalidName(ValueError):
+    """A method or task name outside ``NAME_PATTERN``; carries the registering function's place."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _check_names(specs: Sequence[Any], spec_type: type, function: Any) -> None:
+    kind = "method" if spec_type is MethodSpec else "task"
+    for spec in specs:
+        name = spec.name
+        if not (isinstance(name, str) and len(name) <= _MAX_NAME and NAME_PATTERN.fullmatch(name)):
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            code = getattr(function, "__code__", None)
+            where = f"{code.co_filename}:{code.co_firstlineno}" if code else ""
+            raise _InvalidName(f"{kind} name {shown} is not allowed: use lowercase letters, "
+                               f"digits and dashes, first a letter or digit, at most {_MAX_NAME} "
+                               "characters ([a-z0-9][a-z0-9-]*)", where)
+
+
+# Frames in these files are the harness's own, not the plugin's.
+_HARNESS_FILES = (str(Path(__file__).resolve().parent), str(Path(pluggy.__file__).parent),
+                  str(Path(importlib.__file__).parent), "<frozen ")
+
+
 def _describe(error: BaseException | str) -> str:
+    """One line: the error and the plugin's file:line it came from."""
     if isinstance(error, str):
         return error
-    return f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    if isinstance(error, SystemExit):
+        text = f"called sys.exit({error.code!r}) while loading"
+    else:
+        text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    if isinstance(error, _InvalidName):
+        where = error.where
+    elif isinstance(error, SyntaxError) and error.filename:
+        where = f"{error.filename}:{error.lineno}"
+    else:
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if not f.filename.startswith(_HARNESS_FILES)]
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{text} at {where}" if where else text
+
+
+def _declared_in(entry_point: Any) -> str:
+    """``name = "module"`` and the pyproject.toml that declares it (editable installs: its path)."""
+    dist: Distribution | None = entry_point.dist
+    text = f'{entry_point.name} = "{entry_point.value}"'
+    table = f'[project.entry-points."{ENTRY_POINT_GROUP}"]'
+    if dist is None:
+        return text
+    project = None
+    with contextlib.suppress(Exception):  # direct_url.json: PEP 610, written by pip
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        if url.startswith("file://"):
+            project = Path(url.removeprefix("file://")) / "pyproject.toml"
+    if project is not None and project.is_file():
+        return f"{text} in {project} {table}"
+    return f"{text} in the pyproject.toml of {dist.name} {table}"
 
 
 def _by_name(specs: Iterable[Any], kind: str) -> dict[str, Any]:
@@ -208,9 +339,11 @@ def load_registry(
         dist = entry_point.dist
         distribution = dist.name if dist is not None else "?"
         version = dist.version if dist is not None else ""
-        loader.register(entry_point.name, distribution, version, entry_point.load)
+        loader.register(entry_point.name, distribution, version, entry_point.load,
+                        _declared_in(entry_point))
     for module in extra_modules:
-        loader.register(module, _LOCAL, "", lambda m=module: importlib.import_module(m))
+        loader.register(module, _LOCAL, "", lambda m=module: importlib.import_module(m),
+                        f"--plugin {module}")
     loader.check_pending()
     return Registry(
         manager=loader.manager,
@@ -223,6 +356,7 @@ def load_registry(
         executors=_by_name(loader.collect("fusebench_register_executors", ExecutorSpec),
                            "executor"),
         problems=loader.problems,
+        failures=loader.failures,
     )
 
 

@@ -140,3 +140,92 @@ def test_tasks_list_json_names_both_tasks():
     rows = {row["name"]: row for row in json.loads(result.stdout)["tasks"]}
     assert rows["phenotyping"]["num_classes"] == 25
     assert rows["in-hospital-mortality"]["period_hours"] == 48
+
+
+def test_plugin_calling_sys_exit_at_import_fails_alone(site):
+    # Before: SystemExit escaped the loader and every command exited 0 doing nothing.
+    make_distribution(site, "exit-fusion", {"exit_fusion": "import sys\nsys.exit(0)\n"})
+    make_distribution(site, "acme-fusion", {"acme_fusion": GOOD.format(name="acme")})
+    with pytest.warns(PluginWarning, match=r"exit_fusion.*sys\.exit\(0\).*exit_fusion\.py:2"):
+        registry = load_registry()
+    assert "acme" in registry.methods
+    result = CliRunner().invoke(cli, ["plugins", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "acme" in {row["name"] for row in json.loads(result.stdout)["methods"]}
+
+
+def test_plugin_printing_on_import_keeps_json_output_valid(site):
+    # Prints both at import and inside the registration hook.
+    noisy = "print('hello from the plugin')\n" + GOOD.format(name="noisy").replace(
+        "    return [MethodSpec(", "    print('registering')\n    return [MethodSpec(")
+    make_distribution(site, "noisy-fusion", {"noisy_fusion": noisy})
+    result = CliRunner().invoke(cli, ["plugins", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "noisy" in {row["name"] for row in json.loads(result.stdout)["methods"]}
+    assert "hello from the plugin" in result.stderr and "registering" in result.stderr
+
+
+BROKEN_AT_LINE_3 = "import torch\n\nmodel = UndefinedName\n"
+
+
+def test_method_of_a_plugin_that_failed_to_import_names_the_import_error(site):
+    # Before: "unknown method ... see `fusebench plugins list`", contradicting the warning.
+    make_distribution(site, "acme-fusion", {"acme_fusion": BROKEN_AT_LINE_3})
+    with pytest.warns(PluginWarning):
+        registry = load_registry()
+    with pytest.raises(FusebenchError) as caught:
+        registry.method("acme-fusion")
+    message = str(caught.value)
+    for fragment in ("'acme-fusion' is not available", "NameError", "acme_fusion.py:3",
+                     'acme_fusion = "acme_fusion"', "pyproject.toml of acme-fusion",
+                     '[project.entry-points."fusebench.plugins"]'):
+        assert fragment in message, message
+    assert "unknown method" not in message and "\n" not in message
+
+
+def test_editable_plugin_failure_names_its_pyproject_path(site):
+    make_distribution(site, "acme-fusion", {"acme_fusion": BROKEN_AT_LINE_3})
+    project = site / "src" / "acme-fusion"
+    project.mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'acme-fusion'\n")
+    (site / "acme_fusion-1.0.dist-info" / "direct_url.json").write_text(
+        json.dumps({"url": project.as_uri(), "dir_info": {"editable": True}}))
+    with pytest.warns(PluginWarning, match=str(project / "pyproject.toml")):
+        load_registry()
+
+
+def test_unknown_method_mentions_failed_plugins_instead_of_the_list_command(site):
+    make_distribution(site, "broken-fusion", {"broken_fusion": BROKEN_AT_LINE_3})
+    with pytest.warns(PluginWarning):
+        registry = load_registry()
+    with pytest.raises(FusebenchError, match=r"unknown method 'zzz'.*1 plugin\(s\) failed to "
+                                             r"load.*broken_fusion\.py:3"):
+        registry.method("zzz")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "", "x,y", "My Method", "-lead", "é", "n" * 65])
+def test_method_names_are_restricted_at_registration(site, name):
+    # Before: `a/b` never reached the board, `..` escaped its run folder, the others were kept.
+    make_distribution(site, "odd-fusion", {"odd_fusion": GOOD.format(name=name)})
+    make_distribution(site, "acme-fusion", {"acme_fusion": GOOD.format(name="acme")})
+    with pytest.warns(PluginWarning, match=r"odd_fusion.*odd-fusion.*not allowed.*odd_fusion\.py"):
+        registry = load_registry()
+    assert name not in registry.methods and "acme" in registry.methods
+    with pytest.raises(FusebenchError, match="odd_fusion.*not allowed") as caught:
+        registry.method(name)
+    assert "\n" not in str(caught.value)
+
+
+def test_task_names_are_restricted_at_registration(site):
+    source = textwrap.dedent("""
+        from fusebench import TaskSpec, hookimpl
+
+        @hookimpl
+        def fusebench_register_tasks():
+            return [TaskSpec(name="../escape", description="-", labels=("y_true",),
+                             period_hours=48.0, default_cxr_window="48h")]
+    """)
+    make_distribution(site, "odd-task", {"odd_task": source})
+    with pytest.warns(PluginWarning, match=r"odd_task.*task name '\.\./escape' is not allowed"):
+        registry = load_registry()
+    assert "../escape" not in registry.tasks
