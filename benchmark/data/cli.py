@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fusebench.data.cohorts import prepare
 from fusebench.data.demo import MANIFEST, demo_command, ensure_demo
+from fusebench.data.extract.command import extract_command
 from fusebench.data.layout import SPLITS, DataConfig
 from fusebench.data.prepare_cxr import prepare_cxr
 from fusebench.errors import FusebenchError
@@ -133,3 +134,4 @@ def prepare_cxr_command(raw: Path, out: Path, ehr_root: Path) -> None:
 
 
 data_group.add_command(demo_command)
+data_group.add_command(extract_command)
