@@ -413,15 +413,25 @@ def merge_result(path: Path, result_file: Path, *, force: bool = False,
                                  f"on {key[1]}, tested on {key[2]}, seed {key[3]}; use --force "
                                  "to replace it")
         kept = _keep_predictions(path, result["task"], predictions_file, sha)
-        atomic_write_bytes(_submissions_dir(path) / _submission_name(result),
-                           result_file.read_bytes())
         entries = [e for e in entries if not any(e is s for s in same)]
         entries.append(_entry(result, "submitted", kept))
         if task is not None:
             _attach_differences(entries, path, task, n_resamples)
         board = _board(board["dataset"], board["task"], _board_settings(board), entries,
                        board.get("failed", []))
-        _write(path, board)
+        # The submission is kept first, so that no merged result is ever missing from
+        # submissions/; a merge that then cannot write the board takes it back.
+        submission = _submissions_dir(path) / _submission_name(result)
+        previous = submission.read_bytes() if submission.exists() else None
+        atomic_write_bytes(submission, result_file.read_bytes())
+        try:
+            _write(path, board)
+        except BaseException:
+            if previous is None:
+                submission.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(submission, previous)
+            raise
         from fusebench.plots import save_forest_plot  # plots imports this module
 
         save_forest_plot(board, path.with_suffix(".png"))

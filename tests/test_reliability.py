@@ -218,7 +218,7 @@ def test_concurrent_merge_commands_wait_for_the_lock_and_keep_every_entry(tmp_pa
         files[name] = tmp_path / f"{name}.json"
         write_result(files[name], make_result(name))
     merge_result(board, files["first"])
-    lock = open(f"{board}.lock", "a")  # noqa: SIM115 - held across the block below
+    lock = open(board.parent / f".{board.name}.lock", "a")  # noqa: SIM115 - held below
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merges = [subprocess.Popen([sys.executable, "-m", "fusebench", "leaderboard", "merge",
@@ -445,16 +445,17 @@ def test_checkpoint_that_would_run_code_is_refused_and_never_unpickled(tmp_path)
     assert not marker.exists()
 
 
-def test_merge_command_refuses_a_result_from_other_data(tmp_path, capsys):
+def test_merge_command_keeps_a_result_from_other_data_apart_and_says_so(tmp_path, capsys):
     board = tmp_path / "board.json"
     write_result(tmp_path / "a.json", make_result("acme"))
     write_result(tmp_path / "b.json", make_result("beta", fingerprint="e" * 64))
     merge_result(board, tmp_path / "a.json")
-    before = board.read_bytes()
     status, err = in_process(capsys, "leaderboard", "merge", tmp_path / "b.json",
                              "--leaderboard-file", board)
-    assert status == 2 and "fingerprint" in err and len(err.strip().splitlines()) == 1
-    assert board.read_bytes() == before
+    assert status == 0 and "other data or settings" in err
+    written = load_leaderboard(board)
+    assert [e["method"] for e in written["entries"]] == ["acme"]
+    assert [e["method"] for e in written["other_entries"]] == ["beta"]
 
 
 def test_image_paths_from_the_metadata_stay_inside_the_data_root(tmp_path):

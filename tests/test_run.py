@@ -29,7 +29,7 @@ IHM = "in-hospital-mortality"
 
 def fusebench(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real console entry point in a child process (so it can be killed)."""
-    command = [sys.executable, "-m", "fusebench.cli", "--plugin", PLUGIN, *args]
+    command = [sys.executable, "-m", "fusebench", "--plugin", PLUGIN, *args]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                              env={**os.environ, **(env or {})})
     if check and process.returncode != 0:
@@ -165,7 +165,8 @@ def test_leaderboard_rebuilds_compute_each_paired_difference_once(demo_tiny_root
     def rebuild() -> dict:
         return leaderboard.rebuild_leaderboard(
             path, runs=tmp_path / "runs", task=load_registry().task(IHM),
-            dataset=written["dataset"], preset="quick", n_resamples=50)
+            dataset=written["dataset"], preset="quick", overrides={"epochs": 1},
+            n_resamples=50)
 
     first = rebuild()
     assert len(computed) == len(written["entries"]) == 8  # 2 methods x 2 train x 2 test cohorts
