@@ -82,7 +82,7 @@ def data_group() -> None:
 @data_options
 def info_command(as_json: bool, task_names: tuple[str, ...], **options: Any) -> None:
     """Stays, positives, paired fraction, cache state and skipped rows per task/split/cohort."""
-    from fusebench.cli_common import registry_for_cli
+    from fusebench.cli._common import registry_for_cli
 
     registry = registry_for_cli()
     config = data_config_from_options(**options)
@@ -131,6 +131,42 @@ def prepare_cxr_command(raw: Path, out: Path, ehr_root: Path) -> None:
     counts = prepare_cxr(raw, out, ehr_root)
     click.echo(f"{counts['images']} images: {counts['resized']} resized, {counts['skipped']} "
                f"already done; wrote {out / 'mimic-cxr-ehr-split.csv'}")
+
+
+@data_group.command("check")
+@click.option("--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Folder holding ehr/ and cxr/.")
+@click.option("--ehr-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Check only (or also) this EHR root.")
+@click.option("--cxr-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Check only (or also) this CXR root.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def check_command(data_root: Path | None, ehr_root: Path | None, cxr_root: Path | None,
+                  as_json: bool) -> None:
+    """Validate a data root before training: files, values, windows, splits, labels, images."""
+    from fusebench.data.check import check_data_root
+
+    if data_root is not None:
+        if ehr_root is not None or cxr_root is not None:
+            raise FusebenchError("--data-root cannot be combined with --ehr-root/--cxr-root")
+        ehr_root, cxr_root = data_root / "ehr", data_root / "cxr"
+    if ehr_root is None and cxr_root is None:
+        raise FusebenchError("give --data-root DIR, or --ehr-root and/or --cxr-root")
+    report = check_data_root(ehr_root, cxr_root, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        table = Table(title=f"data check: {data_root or ehr_root or cxr_root}")
+        for column in ("check", "status", "details"):
+            table.add_column(column, overflow="fold")
+        colours = {"ok": "green", "warning": "yellow", "error": "bold red"}
+        for check in report["checks"]:
+            table.add_row(check["name"], f"[{colours[check['status']]}]{check['status']}[/]",
+                          check["detail"])
+        Console().print(table)
+    if not report["ok"]:
+        errors = sum(check["status"] == "error" for check in report["checks"])
+        raise FusebenchError(f"data check: {errors} check(s) failed; fix them before training")
 
 
 data_group.add_command(demo_command)
