@@ -52,6 +52,7 @@ from fusebench.data.extract.sql import (
     dedupe_key_sql,
 )
 from fusebench.errors import FusebenchError
+from fusebench.fileio import atomic_write_text
 from fusebench.progress import make_progress
 
 __all__ = ["PROFILES", "ExtractSummary", "extract_mimic_iv"]
@@ -129,13 +130,8 @@ class _Stages:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Whole file or nothing: write beside it, flush, rename over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Whole file or nothing (fusebench.fileio: unique temporary, fsync, umask, orphans removed)."""
+    atomic_write_text(path, text)
 
 
 def _fingerprint(raw: RawMimic, profile: str) -> dict[str, Any]:
