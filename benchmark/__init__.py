@@ -4,6 +4,7 @@ from fusebench.errors import FusebenchError
 from fusebench.hookspecs import hookimpl
 from fusebench.specs import (
     COHORTS,
+    ExecutorOption,
     ExecutorSpec,
     MethodSpec,
     ModelConfig,
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "COHORTS",
+    "ExecutorOption",
     "ExecutorSpec",
     "FusebenchError",
     "MethodSpec",

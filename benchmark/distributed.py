@@ -1,6 +1,6 @@
 """One run across several processes (GPUs or nodes), launched by ``torchrun``.
 
-``torchrun --nproc_per_node N -m fusebench.cli run ...`` starts N copies of the command; each reads
+``torchrun --nproc_per_node N -m fusebench run ...`` starts N copies of the command; each reads
 its rank from the ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` variables torchrun sets. Together
 they train one model:
 

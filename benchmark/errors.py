@@ -1,6 +1,6 @@
 """The one exception type users see: a one-line message saying what is wrong and what to do."""
 
-__all__ = ["FusebenchError"]
+__all__ = ["FusebenchError", "PluginError"]
 
 
 class FusebenchError(Exception):
@@ -8,4 +8,12 @@ class FusebenchError(Exception):
 
     The CLI prints ``str(error)`` on one line and exits with status 2 (no traceback unless
     ``--debug``). Messages name the file, line or option at fault and the way out.
+    """
+
+
+class PluginError(FusebenchError):
+    """A method's own code (its builder, optimizers, training step or forward) raised.
+
+    The message names the method, the plugin and distribution that registered it, and the
+    file:line that raised; the original exception is chained (``--debug`` shows its traceback).
     """

@@ -26,9 +26,11 @@ Example:
                                default_train_cohort="partial",
                                hparams={"*": {"lr": 1e-3, "batch_size": 16}}, build=Mean)]
 
-Training hooks (``fusebench_configure_optimizers``, ``fusebench_training_step``) are
-``firstresult`` hooks that receive the :class:`~fusebench.specs.MethodSpec` being trained: an
-implementation returns ``None`` for methods it does not own, so the harness's default applies.
+A method's training behaviour (its optimizers, its training step) lives on its own
+:class:`~fusebench.specs.MethodSpec` (``configure_optimizers``, ``training_step``), so no plugin
+can change how another plugin's method trains. The global hooks ``fusebench_configure_optimizers``
+and ``fusebench_training_step`` are deprecated: they still work, for the methods of the plugin that
+implements them only, and loading such a plugin warns (:class:`FutureWarning`) naming it.
 """
 
 from __future__ import annotations
@@ -139,9 +141,11 @@ def fusebench_register_executors() -> Sequence[ExecutorSpec]:
 def fusebench_configure_optimizers(
     method: MethodSpec, model: torch.nn.Module, hparams: Mapping[str, Any]
 ) -> list[torch.optim.Optimizer] | None:
-    """Build the optimizers for ``model``.
+    """Deprecated: set :attr:`MethodSpec.configure_optimizers` instead. Build the optimizers.
 
-    Called once per training run, after the model is built and moved to its device.
+    Called once per training run of a method registered by the same plugin (never for another
+    plugin's methods), after the model is built and moved to its device, when the method's spec
+    has no ``configure_optimizers``.
 
     Args:
         method: the method being trained.
@@ -162,9 +166,11 @@ def fusebench_training_step(
     batch: Mapping[str, torch.Tensor],
     optimizers: Sequence[torch.optim.Optimizer],
 ) -> torch.Tensor | None:
-    """Run one optimisation step on one training batch.
+    """Deprecated: set :attr:`MethodSpec.training_step` instead. One optimisation step.
 
-    Called for every training batch, with the model in train mode and the batch on the device.
+    Called for every training batch of a method registered by the same plugin (never for another
+    plugin's methods) whose spec has no ``training_step``, with the model in train mode and the
+    batch on the device.
     Under torchrun the hook receives the plain module (not the DistributedDataParallel wrapper)
     and each optimizer averages its gradients across processes just before it steps, so a hook
     written for one process trains correctly on several (see :mod:`fusebench.distributed`).
@@ -173,7 +179,7 @@ def fusebench_training_step(
         method: the method being trained.
         model: the model.
         batch: the batch (see the batch contract in :mod:`fusebench.specs`).
-        optimizers: what ``fusebench_configure_optimizers`` returned (or the harness default).
+        optimizers: the method's optimizers (see :func:`fusebench_configure_optimizers`).
 
     Returns:
         The detached scalar loss to report, after having stepped the optimizers; or None to let

@@ -43,6 +43,7 @@ from fusebench.specs import ExecutorSpec, MethodSpec, PretrainingStage, TaskSpec
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FusebenchDeprecationWarning",
     "NAME_PATTERN",
     "PluginFailure",
     "PluginWarning",
@@ -88,12 +89,23 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded or registered; the others still work."""
 
 
+class FusebenchDeprecationWarning(FutureWarning):
+    """A plugin uses a part of the contract that will be removed (shown to users by default)."""
+
+
+# deprecated global hook -> the MethodSpec field that replaces it
+_DEPRECATED_TRAINING_HOOKS = {
+    "fusebench_configure_optimizers": "configure_optimizers",
+    "fusebench_training_step": "training_step",
+}
+
+
 @dataclass
 class Registry:
     """Everything the installed plugins registered.
 
     Attributes:
-        manager: the pluggy plugin manager (call training hooks through ``manager.hook``).
+        manager: the pluggy plugin manager.
         methods: method specs by name.
         tasks: task specs by name.
         stages: pretraining stages by name.
@@ -233,11 +245,24 @@ class _Loader:
                 self.fail(name, distribution, error,
                           [str(getattr(s, "name", ""))[:_MAX_NAME] for s in specs])
                 continue
-            collected += [
-                dataclasses.replace(spec, distribution=distribution, version=version)
-                for spec in specs
-            ]
+            stamp = {"distribution": distribution, "version": version}
+            if spec_type is MethodSpec:
+                stamp["plugin"] = name
+            collected += [dataclasses.replace(spec, **stamp) for spec in specs]
         return collected
+
+    def warn_deprecated_hooks(self) -> None:
+        """Name every plugin that still implements a deprecated global training hook."""
+        for hook_name, field_name in _DEPRECATED_TRAINING_HOOKS.items():
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                name = self.manager.get_name(impl.plugin) or "?"
+                distribution = self.origin.get(name, ("?", ""))[0]
+                warnings.warn(
+                    f"plugin {name!r} from {distribution} implements {hook_name}, which is "
+                    f"deprecated: set MethodSpec.{field_name} on its methods instead (the hook "
+                    f"now applies only to methods that plugin registers)",
+                    FusebenchDeprecationWarning, stacklevel=3,
+                )
 
 
 class _InvalidName(ValueError):
@@ -345,6 +370,7 @@ def load_registry(
         loader.register(module, _LOCAL, "", lambda m=module: importlib.import_module(m),
                         f"--plugin {module}")
     loader.check_pending()
+    loader.warn_deprecated_hooks()
     return Registry(
         manager=loader.manager,
         methods=_by_name(loader.collect("fusebench_register_methods", MethodSpec), "method"),

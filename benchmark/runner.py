@@ -61,6 +61,7 @@ from fusebench.results import (
 )
 from fusebench.specs import COHORTS, MethodSpec, ModelConfig, PretrainingStage, TaskSpec
 from fusebench.steps import (
+    build_model,
     build_optimizers,
     default_optimizers,
     default_training_step,
@@ -120,7 +121,8 @@ def dataset_name(data: Any) -> str:
     return "demo" if data.config.is_demo else "mimic"
 
 
-def _cohort_of(request: RunRequest, method: MethodSpec) -> str:
+def train_cohort_of(request: RunRequest, method: MethodSpec) -> str:
+    """The cohort ``request`` trains ``method`` on; an error if the method cannot train there."""
     cohort = request.train_cohort or method.default_train_cohort
     if cohort not in method.train_cohorts:
         raise FusebenchError(
@@ -132,7 +134,7 @@ def _cohort_of(request: RunRequest, method: MethodSpec) -> str:
 
 def run_dir(request: RunRequest, method: MethodSpec, data: Any) -> Path:
     """The folder of one run."""
-    cohort = _cohort_of(request, method)
+    cohort = train_cohort_of(request, method)
     return (Path(request.out) / dataset_name(data) / request.task / method.name / cohort
             / f"seed{request.seed}")
 
@@ -168,7 +170,7 @@ def run_identity(request: RunRequest, method: MethodSpec, task: TaskSpec, data: 
     """
     fields = {
         "method": method.name, "distribution": method.distribution, "version": method.version,
-        "task": task.name, "train_cohort": _cohort_of(request, method), "seed": request.seed,
+        "task": task.name, "train_cohort": train_cohort_of(request, method), "seed": request.seed,
         "data_fingerprint": data.fingerprint, "preset": request.preset,
         "overrides": _jsonable({k: v for k, v in request.overrides.items() if v is not None}),
         "hparams": _jsonable(_resolved_hparams(request, method)),
@@ -386,13 +388,14 @@ def _train_and_record(registry: Registry, request: RunRequest, data: Any, folder
                       identity: dict[str, Any], resume: bool,
                       progress: RunProgress | None) -> list[dict[str, Any]]:
     task, method = registry.task(request.task), registry.method(request.method)
-    cohort = _cohort_of(request, method)
+    cohort = train_cohort_of(request, method)
     base = _base_config(request, method, task, data)
     hparams = dict(base.hparams)
     pretrained = pretrain(registry, request, data, progress=progress)
     device = torch.device(request.device)
     torch.manual_seed(request.seed)
-    model = method.build(ModelConfig(**{**base.__dict__, "pretrained": pretrained})).to(device)
+    model = build_model(method, ModelConfig(**{**base.__dict__, "pretrained": pretrained}))
+    model = model.to(device)
     optimizers = build_optimizers(registry, method, model, hparams)
 
     def step(model: nn.Module, batch: Mapping[str, torch.Tensor], optimizers: list) -> torch.Tensor:

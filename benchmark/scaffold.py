@@ -17,23 +17,14 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
-import click
-from rich.console import Console
-from rich.table import Table
-
-from fusebench.cli_common import registry_for_cli
 from fusebench.errors import FusebenchError
-from fusebench.testing import CheckResult, check_method
 
 __all__ = [
     "NAME_PATTERN",
     "package_name",
-    "plugins_check_command",
-    "plugins_new_command",
     "scaffold_plugin",
     "validate_plugin_name",
 ]
@@ -261,58 +252,3 @@ def scaffold_plugin(name: str, directory: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
-
-
-@click.command("new")
-@click.argument("name")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Folder to create (default: ./fusebench-NAME).")
-def plugins_new_command(name: str, directory: Path | None) -> None:
-    """Scaffold an installable plugin package for a new fusion method NAME."""
-    validate_plugin_name(name)
-    registered = registry_for_cli().methods.get(name)
-    if registered is not None:
-        raise FusebenchError(f"method {name!r} is already registered by "
-                             f"{registered.distribution}; choose another name")
-    root = scaffold_plugin(name, directory or Path(f"fusebench-{name}"))
-    console = Console()
-    console.print(f"[green]created[/] {root}", highlight=False)
-    console.print(
-        "next:\n"
-        f"  pip install -e {root}\n"
-        f"  pytest {root / 'tests'}\n"
-        f"  fusebench plugins check {name}\n"
-        f"  fusebench run --task in-hospital-mortality --method {name} --preset quick",
-        highlight=False,
-    )
-
-
-@click.command("check")
-@click.argument("name")
-@click.option("--task", "task_names", multiple=True,
-              help="Task to check on (repeatable or comma list; default: every task).")
-def plugins_check_command(name: str, task_names: Sequence[str]) -> None:
-    """Run the conformance suite on method NAME; non-zero exit on any failure."""
-    registry = registry_for_cli()
-    method = registry.method(name)
-    tasks = [t.strip() for value in task_names for t in value.split(",") if t.strip()] or None
-    results = check_method(method, registry, tasks=tasks)
-    title = f"conformance of {name} from {method.distribution} {method.version}".strip()
-    Console().print(_results_table(title, results))
-    failed = [result for result in results if not result.passed]
-    if failed:
-        names = ", ".join(f"{r.name} ({r.task})" for r in failed)
-        raise FusebenchError(f"{name}: {len(failed)} of {len(results)} conformance checks "
-                             f"failed: {names}; see the reasons in the table above")
-    Console(stderr=True).print(f"[green]{name}: all {len(results)} conformance checks passed[/]",
-                               highlight=False)
-
-
-def _results_table(title: str, results: Sequence[CheckResult]) -> Table:
-    table = Table(title=title)
-    for column in ("task", "check", "result", "reason"):
-        table.add_column(column, overflow="fold")
-    for result in results:
-        verdict = "[green]pass[/]" if result.passed else "[red]FAIL[/]"
-        table.add_row(result.task, result.name, verdict, result.reason)
-    return table

@@ -23,7 +23,7 @@ Radiology batches used by CXR pretraining carry only ``cxr``, ``has_cxr`` (all T
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,7 @@ from typing import Any, Literal
 __all__ = [
     "COHORTS",
     "Cohort",
+    "ExecutorOption",
     "ExecutorSpec",
     "MethodSpec",
     "ModelConfig",
@@ -95,8 +96,23 @@ class MethodSpec:
         pretraining: names of pretraining stages whose weights the builder consumes through
             ``ModelConfig.pretrained``; stages are registered with
             ``fusebench_register_pretraining_stages``.
+        configure_optimizers: optional ``configure_optimizers(model, hparams) ->
+            list[torch.optim.Optimizer]``, called once per training run after the model is built
+            and moved to its device. None: one Adam over every parameter with ``requires_grad``
+            (``lr``, ``betas``, ``weight_decay`` from ``hparams``). Each optimizer gets its own
+            ReduceLROnPlateau scheduler on the validation loss.
+        training_step: optional ``training_step(model, batch, optimizers) -> torch.Tensor``:
+            one optimisation step on one training batch (model in train mode, batch on the
+            device); steps the optimizers itself and returns the scalar loss to report. None:
+            zero_grad, BCE-with-logits of ``model(batch)`` against ``batch["y"]``, backward,
+            step of every optimizer. Under torchrun it receives the plain module and each
+            ``optimizer.step()`` first averages that optimizer's gradients across processes.
+        plugin: set by the registry: the plugin (entry-point name or ``--plugin`` module) that
+            registered the method.
         distribution: set by the registry: the installed distribution that provided the method.
         version: set by the registry: that distribution's version.
+
+    Only the method's own spec decides how it trains: another plugin can never change it.
     """
 
     name: str
@@ -108,6 +124,9 @@ class MethodSpec:
     build: Callable[[ModelConfig], Any]
     train_cohorts: tuple[Cohort, ...] = ()
     pretraining: tuple[str, ...] = ()
+    configure_optimizers: Callable[[Any, Mapping[str, Any]], Sequence[Any]] | None = None
+    training_step: Callable[[Any, Mapping[str, Any], Sequence[Any]], Any] | None = None
+    plugin: str = ""
     distribution: str = ""
     version: str = ""
 
@@ -186,6 +205,23 @@ class PretrainingStage:
 
 
 @dataclass(frozen=True)
+class ExecutorOption:
+    """A setting an executor takes from the command line: ``--{executor}-{name}``.
+
+    Attributes:
+        name: the key in ``ExecutorSettings.options`` (lowercase, dashes become the flag's).
+        help: one line for ``fusebench leaderboard --help``.
+        type: ``str``, ``int`` or ``float``; the value is converted and checked by the CLI.
+        default: the value the executor uses when the option is not given (shown in the help).
+    """
+
+    name: str
+    help: str
+    type: type = str
+    default: Any = None
+
+
+@dataclass(frozen=True)
 class ExecutorSpec:
     """An engine that runs the leaderboard grid's jobs (``fusebench leaderboard --executor``).
 
@@ -204,10 +240,13 @@ class ExecutorSpec:
             :class:`fusebench.executors.JobOutcome` that ``run_job`` returned, or
             :meth:`JobOutcome.lost` when the worker died and no retry was left.
             ``settings`` is a :class:`fusebench.executors.ExecutorSettings`.
+        options: the settings it reads from ``settings.options``, each offered by
+            ``fusebench leaderboard`` as ``--{name}-{option}`` (e.g. ``--slurm-partition``).
     """
 
     name: str
     description: str
     run: Callable[[Any, Any, Callable[[Any], None]], None]
+    options: tuple[ExecutorOption, ...] = ()
     distribution: str = ""
     version: str = ""

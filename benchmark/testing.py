@@ -15,15 +15,18 @@ Example:
 from __future__ import annotations
 
 import copy
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from fusebench.errors import PluginError
 from fusebench.registry import Registry, load_registry
 from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
-from fusebench.steps import build_optimizers, training_step
+from fusebench.steps import build_model, build_optimizers, training_step
 
 __all__ = [
     "CheckResult",
@@ -46,17 +49,35 @@ class CheckResult:
         task: the task it ran on.
         passed: whether the method conforms.
         reason: why it failed (empty when passed).
+        traceback: the full traceback when the check crashed (shown by ``--debug``).
+        blocked_by: the failed check that kept this one from running (e.g. ``"finite"``: NaN
+            logits make every comparison of outputs meaningless); ``passed`` is False.
     """
 
     name: str
     task: str
     passed: bool
     reason: str = ""
+    traceback: str = ""
+    blocked_by: str = ""
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
     """Number of parameters with ``requires_grad`` (what the parameter-count table reports)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def parameter_count_on_meta(method: MethodSpec, task: TaskSpec) -> int:
+    """Trainable parameters of ``method``'s model for ``task`` at its default configuration,
+    built on the meta device: shapes only, no memory and no weight initialisation (a builder
+    that cannot run there is built on the CPU instead)."""
+    config = ModelConfig(task=task.name, num_classes=task.num_classes,
+                         hparams=method.hparams_for(task.name))
+    try:
+        with torch.device("meta"):
+            return trainable_parameter_count(build_model(method, config))
+    except PluginError:
+        return trainable_parameter_count(build_model(method, config))
 
 
 def _presence_mask(cxr_present: str | Sequence[bool] | torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -124,6 +145,7 @@ class _Checker:
                  image_size: int, seed: int) -> None:
         self.method, self.registry, self.task = method, registry, task
         self.seed, self.image_size = seed, image_size
+        self.case = "building the model"  # what ran last: named when a check crashes
         self.hparams = method.hparams_for(task.name)
         self.config = ModelConfig(task=task.name, num_classes=task.num_classes,
                                   image_size=image_size, hparams=self.hparams)
@@ -139,10 +161,13 @@ class _Checker:
         return model.eval()
 
     def batch(self, size: int, presence: str | Sequence[bool], seed: int = 0) -> Batch:
+        self.case = f"batch of {size}, {presence} CXR present, seed {self.seed + seed}"
         return make_batch(self.task, size, cxr_present=presence, image_size=self.image_size,
                           seed=self.seed + seed)
 
     def outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        mode = "train" if model.training else "eval"
+        self.case = f"{self.case.split(', forward in ')[0]}, forward in {mode} mode"
         with torch.no_grad():
             logits = model(batch)
         if not isinstance(logits, torch.Tensor):
@@ -161,6 +186,23 @@ class _Checker:
         for presence in ("all", "some", "none"):
             if not torch.isfinite(self.outputs(self.model, self.batch(4, presence))).all():
                 raise _CheckFailed(f"NaN or infinite logits with {presence} CXR present")
+
+    def check_returns_logits(self) -> None:
+        """Outputs that all lie in [0, 1] over varied batches are probabilities, not logits."""
+        outputs = []
+        for seed in range(3):
+            for presence in ("all", "some", "none"):
+                for scale in (1.0, 10.0):  # larger inputs spread logits well beyond [0, 1]
+                    batch = self.batch(8, presence, seed=10 + seed)
+                    self.case += f", inputs x{scale:g}"
+                    batch = dict(batch, ehr=batch["ehr"] * scale, cxr=batch["cxr"] * scale)
+                    outputs.append(self.outputs(self.model, batch).flatten())
+        values = torch.cat(outputs)
+        if ((values >= 0) & (values <= 1)).all():
+            raise _CheckFailed(
+                f"all {values.numel()} outputs over {len(outputs)} varied batches lie in [0, 1] "
+                f"({values.min().item():.3g} to {values.max().item():.3g}): they look like "
+                "probabilities; return logits (the harness applies the sigmoid)")
 
     def check_deterministic(self) -> None:
         batch = self.batch(4, "some")
@@ -195,8 +237,9 @@ class _Checker:
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         optimizers = build_optimizers(self.registry, self.method, model, self.hparams)
-        loss = training_step(self.registry, self.method, model,
-                             self.batch(4, self.train_presence, seed=1), optimizers)
+        batch = self.batch(4, self.train_presence, seed=1)
+        self.case += ", training step"
+        loss = training_step(self.registry, self.method, model, batch, optimizers)
         if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and torch.isfinite(loss)):
             raise _CheckFailed(f"training step returned {loss!r}, expected a finite scalar loss")
         after = dict(model.named_parameters())
@@ -206,8 +249,14 @@ class _Checker:
             raise _CheckFailed(f"frozen parameter {frozen_changed[0]} changed in a training step")
         unchanged = [n for n in sorted(trainable) if torch.equal(before[n], after[n])]
         if unchanged:
-            raise _CheckFailed(f"{len(unchanged)} trainable parameters unchanged by a training "
-                               f"step, e.g. {unchanged[0]} (unused modules must not be built)")
+            grad = after[unchanged[0]].grad
+            found = ("it got no gradient" if grad is None else "its gradient is zero"
+                     if not grad.any() else "its gradient did not move it")
+            raise _CheckFailed(
+                f"{len(unchanged)} trainable parameters unchanged by a training step, e.g. "
+                f"{unchanged[0]} ({found}): either a module is built but never used in forward "
+                "(do not build it), or its path to the loss is masked or detached (multiplied "
+                "by a zero mask, .detach(), torch.no_grad(), a non-differentiable op)")
 
     def check_pretraining_stages(self) -> None:
         unknown = [name for name in self.method.pretraining if name not in self.registry.stages]
@@ -218,6 +267,7 @@ class _Checker:
         checks = {
             "output-shape": self.check_output_shape,
             "finite": self.check_finite,
+            "returns-logits": self.check_returns_logits,
             "deterministic": self.check_deterministic,
             "state-dict-round-trip": self.check_state_dict_round_trip,
             "training-step": self.check_training_step,
@@ -228,13 +278,38 @@ class _Checker:
         return checks
 
 
-def _run(name: str, task: str, check: Callable[[], None]) -> CheckResult:
+# Checks that compare or train on outputs: NaN logits break them all, so they are not run then.
+_NEED_FINITE_OUTPUTS = ("returns-logits", "deterministic", "state-dict-round-trip",
+                        "training-step", "ignores-absent-cxr")
+# Frames in these folders are not the plugin's: a crash is located in the plugin's own code.
+_HARNESS_AND_TORCH = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).parent))
+_STANDARD_LIBRARY = str(Path(copy.__file__).parent)
+
+
+def _is_plugin_code(filename: str) -> bool:
+    if filename.startswith(_HARNESS_AND_TORCH):
+        return False
+    return not filename.startswith(_STANDARD_LIBRARY) or "site-packages" in filename
+
+
+def _crash(name: str, task: str, error: Exception, case: str) -> CheckResult:
+    """A failed check for a crash: the error, the batch case and the plugin's file:line."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if _is_plugin_code(f.filename)] or frames
+    where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+    message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    return CheckResult(name, task, False, f"{message} ({case}){where}",
+                       traceback="".join(traceback.format_exception(error)))
+
+
+def _run(name: str, task: str, checker: _Checker) -> CheckResult:
+    checker.case = name
     try:
-        check()
+        checker.checks()[name]()
     except _CheckFailed as failure:
         return CheckResult(name, task, False, str(failure))
     except Exception as error:  # a crashing plugin is a failed check, not a crashed suite
-        return CheckResult(name, task, False, f"{type(error).__name__}: {error}".splitlines()[0])
+        return _crash(name, task, error, checker.case)
     return CheckResult(name, task, True)
 
 
@@ -249,11 +324,15 @@ def check_method(
     """Run every conformance check of ``method`` on each task.
 
     Checks: ``build``; ``output-shape`` (B, C) with all, some and no CXR present and with batch
-    size 1; ``finite`` outputs; ``deterministic`` (same seed, same outputs);
+    size 1; ``finite`` outputs; ``returns-logits`` (outputs that all lie in [0, 1] over varied
+    batches are probabilities); ``deterministic`` (same seed, same outputs);
     ``state-dict-round-trip``; ``training-step`` (the method's optimizers and step change every
     trainable parameter and no frozen one); ``pretraining-stages`` registered; and for methods
     with ``handles_missing_cxr``, ``ignores-absent-cxr`` (the image of a stay whose ``has_cxr``
     is False changes no output, in eval and in train mode). Other checks use eval mode.
+    When ``finite`` fails, the checks that compare outputs are not run: they fail with
+    ``blocked_by="finite"`` and name it as the cause. A crash names its batch case and the
+    plugin's file and line; ``CheckResult.traceback`` holds the traceback.
 
     Args:
         method: the method to check.
@@ -270,12 +349,21 @@ def check_method(
         task = registry.task(task_name)
         try:
             checker = _Checker(method, registry, task, image_size, seed)
+        except _CheckFailed as failure:
+            results.append(CheckResult("build", task.name, False, str(failure)))
+            continue
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            results.append(CheckResult("build", task.name, False, reason))
+            results.append(_crash("build", task.name, error, "building the model"))
             continue
         results.append(CheckResult("build", task.name, True))
-        results += [_run(name, task.name, check) for name, check in checker.checks().items()]
+        finite = True
+        for name in checker.checks():
+            if not finite and name in _NEED_FINITE_OUTPUTS:
+                results.append(CheckResult(name, task.name, False, "not checked: the logits are "
+                                           "NaN or infinite (see `finite`)", blocked_by="finite"))
+                continue
+            results.append(_run(name, task.name, checker))
+            finite = finite and not (name == "finite" and not results[-1].passed)
     return results
 
 

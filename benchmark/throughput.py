@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -53,15 +52,14 @@ from rich.table import Table
 from torch import nn
 
 from fusebench import __version__
-from fusebench.cli_common import err_console, registry_for_cli, resolve_device
-from fusebench.data.cli import data_options
 from fusebench.errors import FusebenchError
 from fusebench.fileio import atomic_write_json
 from fusebench.progress import make_progress
 from fusebench.registry import Registry, get_registry
 from fusebench.results import utc_now
 from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
-from fusebench.steps import build_optimizers, training_step
+from fusebench.steps import build_model, build_optimizers, training_step
+from fusebench.testing import trainable_parameter_count
 
 __all__ = [
     "PARTIAL_CXR_FRACTION",
@@ -73,7 +71,6 @@ __all__ = [
     "parse_batch_sizes",
     "render_tables",
     "synthetic_batch",
-    "throughput_command",
     "write_records",
 ]
 
@@ -398,7 +395,7 @@ def _build_model(method: MethodSpec, task: TaskSpec, settings: _Settings) -> nn.
     torch.manual_seed(0)
     config = ModelConfig(task=task.name, num_classes=task.num_classes,
                          image_size=settings.image_size, hparams=method.hparams_for(task.name))
-    model = method.build(config).to(settings.device)
+    model = build_model(method, config).to(settings.device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if settings.compile:
@@ -640,7 +637,7 @@ def _common_fields(method: MethodSpec, task: TaskSpec, model: nn.Module, setting
         "warmup": settings.warmup,
         "iters": settings.iters,
         "parameters": {
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "trainable": trainable_parameter_count(model),
             "total": sum(p.numel() for p in model.parameters()),
         },
         **hardware_info(str(settings.device)),
@@ -711,68 +708,3 @@ def render_tables(records: Sequence[Mapping[str, Any]], console: Console) -> Non
 def write_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
     """Write ``{"schema_version": 1, "records": [...]}`` to ``path`` atomically."""
     atomic_write_json(path, {"schema_version": SCHEMA_VERSION, "records": list(records)})
-
-
-def _check_writable(path: Path) -> None:
-    # Fail before minutes of measurement, not after.
-    folder = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if path.is_dir() or not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise FusebenchError(f"--json {path}: cannot write there; choose a writable file path")
-
-
-def _prepared_data(task: TaskSpec, data_settings: dict[str, Any]) -> Any:
-    from fusebench.data import prepare
-    from fusebench.data.cli import data_config_from_options
-
-    return prepare(data_config_from_options(**data_settings), task)
-
-
-@click.command("throughput")
-@click.option("--method", "methods", multiple=True, metavar="NAME",
-              help="Method(s), repeatable or a comma list [default: all registered].")
-@click.option("--task", "task_name", default="in-hospital-mortality", show_default=True,
-              help="Task whose shapes (model mode) or data (end-to-end) are used.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
-              help="Device [default: cuda if available, else cpu].")
-@click.option("--batch-size", "batch_sizes", default="16", show_default=True,
-              help="Comma list of batch sizes, e.g. 16,64.")
-@click.option("--amp", type=click.Choice(sorted(AMP_DTYPES)), default=None,
-              help="Autocast precision [default: fp32].")
-@click.option("--channels-last", is_flag=True, help="Channels-last memory format.")
-@click.option("--compile", "compile_model", is_flag=True,
-              help="torch.compile the model (first call timed apart).")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Untimed steps after the first call.")
-@click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Timed steps per phase.")
-@click.option("--mode", type=click.Choice(MODES), default="model", show_default=True,
-              help="model: synthetic tensors; end-to-end: the data pipeline on the chosen data.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Write the records to this JSON file (atomically).")
-@data_options
-def throughput_command(methods: Sequence[str], task_name: str, device: str | None,
-                       batch_sizes: str, amp: str | None, channels_last: bool,
-                       compile_model: bool, warmup: int, iters: int, mode: str,
-                       json_path: Path | None, **data_settings: Any) -> None:
-    """Training and inference samples/s, step time and peak memory per method and batch size."""
-    registry = registry_for_cli()
-    names = [n.strip() for value in methods for n in value.split(",") if n.strip()]
-    specs = [registry.method(name) for name in names or sorted(registry.methods)]
-    task = registry.task(task_name)
-    sizes = parse_batch_sizes(batch_sizes)
-    device = resolve_device(device)
-    if json_path is not None:
-        _check_writable(json_path)
-    data = _prepared_data(task, data_settings) if mode == "end-to-end" else None
-    image_size = data_settings.get("image_size") or 224
-    records = []
-    for spec in specs:
-        records += measure_throughput(
-            spec, task, device=device, batch_sizes=sizes, amp=amp, channels_last=channels_last,
-            compile=compile_model, warmup=warmup, iters=iters, image_size=image_size,
-            mode=mode, data=data, registry=registry)
-    render_tables(records, Console())
-    if json_path is not None:
-        write_records(json_path, records)
-        err_console.print(f"throughput records in {json_path}", highlight=False)

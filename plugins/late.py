@@ -18,7 +18,7 @@ from fusebench.plugins.encoders import medfuse_2022_hparams
 from fusebench.plugins.unimodal import UniCXR, UniEHR
 from fusebench.specs import MethodSpec, ModelConfig
 
-__all__ = ["LateFusion", "fusebench_register_methods", "fusebench_training_step"]
+__all__ = ["LateFusion", "fusebench_register_methods", "training_step"]
 
 REFERENCE = "Hayat, Geras, Shamout. MedFuse. MLHC 2022, PMLR 182:479-503 (late baseline)"
 PROBABILITY_EPS = 1e-6  # logits are the logit of the clamped mean probability
@@ -52,16 +52,12 @@ class LateFusion(nn.Module):
         return torch.logit(probability, eps=PROBABILITY_EPS)
 
 
-@hookimpl
-def fusebench_training_step(
-    method: MethodSpec,
-    model: nn.Module,
+def training_step(
+    model: LateFusion,
     batch: Mapping[str, torch.Tensor],
     optimizers: Sequence[torch.optim.Optimizer],
-) -> torch.Tensor | None:
-    """Sum of the uni-EHR loss and the uni-CXR loss (present images only); None for others."""
-    if not isinstance(model, LateFusion):
-        return None
+) -> torch.Tensor:
+    """Sum of the uni-EHR loss and the uni-CXR loss (present images only)."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     ehr_logits, cxr_logits, present = model.unimodal_logits(batch)
@@ -87,5 +83,6 @@ def fusebench_register_methods() -> list[MethodSpec]:
             default_train_cohort="paired",
             hparams=medfuse_2022_hparams(1e-4, 1e-4),
             build=LateFusion,
+            training_step=training_step,
         ),
     ]

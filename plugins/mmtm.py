@@ -36,14 +36,15 @@ from fusebench.plugins.encoders import (
     medfuse_2022_hparams,
 )
 from fusebench.specs import MethodSpec, ModelConfig
+from fusebench.steps import adam
 
 __all__ = [
     "MMTM",
     "MMTMFusion",
-    "fusebench_configure_optimizers",
+    "configure_optimizers",
     "fusebench_register_methods",
-    "fusebench_training_step",
     "masked_time_mean",
+    "training_step",
 ]
 
 REFERENCE = "Joze et al. MMTM: Multimodal Transfer Module for CNN Fusion. CVPR 2020; as in MedFuse"
@@ -133,34 +134,19 @@ class MMTMFusion(nn.Module):
         return torch.logit(mean, eps=1e-6)
 
 
-def _adam(parameters: list[nn.Parameter], hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.Adam(parameters, lr=float(hparams.get("lr", 1e-4)),
-                            betas=tuple(hparams.get("betas", (0.9, 0.999))),
-                            weight_decay=float(hparams.get("weight_decay", 0.0)))
-
-
-@hookimpl
-def fusebench_configure_optimizers(
-    method: MethodSpec, model: nn.Module, hparams: Mapping[str, Any]
-) -> list[torch.optim.Optimizer] | None:
-    """One Adam per head (EHR, CXR, joint) over its parameter group; None for other models."""
-    if not isinstance(model, MMTMFusion):
-        return None
+def configure_optimizers(model: MMTMFusion, hparams: Mapping[str, Any]) -> list[torch.optim.Adam]:
+    """One Adam per head (EHR, CXR, joint) over its parameter group."""
     groups = model.parameter_groups()
-    return [_adam(groups[head], hparams) for head in HEADS]
+    return [adam(groups[head], hparams) for head in HEADS]
 
 
-@hookimpl
-def fusebench_training_step(
-    method: MethodSpec,
-    model: nn.Module,
+def training_step(
+    model: MMTMFusion,
     batch: Mapping[str, torch.Tensor],
     optimizers: Sequence[torch.optim.Optimizer],
-) -> torch.Tensor | None:
+) -> torch.Tensor:
     """Three steps, as the original: EHR loss, then CXR loss, then joint loss, each followed by
     its own optimizer's step (fresh forward each time). Returns the joint loss."""
-    if not isinstance(model, MMTMFusion):
-        return None
     for head, optimizer in zip(HEADS, optimizers, strict=True):
         model.zero_grad(set_to_none=True)
         loss = binary_cross_entropy_with_logits(model.head_logits(batch)[head], batch["y"])
@@ -184,5 +170,7 @@ def fusebench_register_methods() -> list[MethodSpec]:
             hparams=medfuse_2022_hparams(4.355e-5, 5.326e-5),
             build=MMTMFusion,
             pretraining=(CXR_STAGE, EHR_STAGE),
+            configure_optimizers=configure_optimizers,
+            training_step=training_step,
         ),
     ]

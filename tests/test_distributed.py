@@ -66,35 +66,14 @@ class TwoStepEHR(MeanEHR):
         self.register_buffer("custom_steps", torch.zeros((), dtype=torch.int64))
 
 
-@hookimpl
-def fusebench_register_methods() -> list[MethodSpec]:
-    return [
-        MethodSpec(name=name, description="test method", reference="-",
-                   handles_missing_cxr=True, default_train_cohort="partial",
-                   train_cohorts=("partial",), hparams={"*": {}}, build=build)
-        for name, build in (("mean-ehr", MeanEHR), ("two-step-ehr", TwoStepEHR))
-    ]
-
-
-@hookimpl
-def fusebench_configure_optimizers(
-    method: MethodSpec, model: nn.Module, hparams: Mapping[str, Any]
-) -> list[torch.optim.Optimizer] | None:
-    if not isinstance(model, TwoStepEHR):
-        return None
+def two_step_optimizers(model: TwoStepEHR, hparams: Mapping[str, Any]) -> list[torch.optim.Adam]:
     return [torch.optim.Adam(part.parameters(), lr=float(hparams["lr"]))
             for part in (model.hidden, model.head)]
 
 
-@hookimpl
-def fusebench_training_step(
-    method: MethodSpec, model: nn.Module, batch: Mapping[str, torch.Tensor],
-    optimizers: Sequence[torch.optim.Optimizer],
-) -> torch.Tensor | None:
-    # Were it handed the DDP wrapper, the check would fail and the default step would run,
-    # leaving custom_steps at 0.
-    if not isinstance(model, TwoStepEHR):
-        return None
+def two_step_training_step(model: nn.Module, batch: Mapping[str, torch.Tensor],
+                           optimizers: Sequence[torch.optim.Optimizer]) -> torch.Tensor:
+    # Were it handed the DDP wrapper, this would fail (DDP has no custom_steps attribute).
     model.custom_steps += 1
     for optimizer in optimizers:
         model.zero_grad(set_to_none=True)
@@ -104,12 +83,25 @@ def fusebench_training_step(
     return loss.detach()
 
 
+@hookimpl
+def fusebench_register_methods() -> list[MethodSpec]:
+    common = {"description": "test method", "reference": "-", "handles_missing_cxr": True,
+              "default_train_cohort": "partial", "train_cohorts": ("partial",),
+              "hparams": {"*": {}}}
+    return [
+        MethodSpec(name="mean-ehr", build=MeanEHR, **common),
+        MethodSpec(name="two-step-ehr", build=TwoStepEHR,
+                   configure_optimizers=two_step_optimizers,
+                   training_step=two_step_training_step, **common),
+    ]
+
+
 def fusebench_run(processes: int, method: str, data: Path, out: Path, *extra: str,
                   task: str = TASK) -> None:
     """``fusebench run`` on the tiny demo, in one process or under torchrun with ``processes``."""
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                  str(processes), "--standalone"] if processes > 1 else [sys.executable])
-    command = [*launcher, "-m", "fusebench.cli", "--plugin", PLUGIN, "run", "--task", task,
+    command = [*launcher, "-m", "fusebench", "--plugin", PLUGIN, "run", "--task", task,
                "--method", method, "--data-root", str(data), "--out", str(out),
                "--preset", "quick", "--device", "cpu", "--n-resamples", "50", *extra]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)

@@ -31,7 +31,7 @@ PLUGINS = ["--plugin", "tests.fixtures.faulty_methods", "--plugin", "tests.fixtu
 def leaderboard(data: Path, folder: Path, *options: str, methods: str = "uni-ehr",
                 env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """``fusebench leaderboard`` on the tiny demo data, run from the repository (for the plugins)."""
-    command = [sys.executable, "-m", "fusebench.cli", *PLUGINS, "leaderboard", "--methods",
+    command = [sys.executable, "-m", "fusebench", *PLUGINS, "leaderboard", "--methods",
                methods, "--tasks", IHM, "--data-root", str(data), "--out", str(folder / "runs"),
                "--leaderboard-dir", str(folder), "--preset", "quick", "--epochs", "1",
                "--n-resamples", "50", *options]
@@ -120,8 +120,8 @@ def test_grid_waves_run_stages_beside_stage_free_entries_longest_first():
 
 def test_slurm_executor_on_submitits_local_cluster_gives_the_local_leaderboard(
         demo_tiny_root, local_grid, tmp_path):
-    leaderboard(demo_tiny_root, tmp_path, "--executor", "slurm", "--executor-option",
-                "cluster=local", "--slurm-time", "10")
+    leaderboard(demo_tiny_root, tmp_path, "--executor", "slurm", "--slurm-cluster",
+                "local", "--slurm-time", "10")
     same_leaderboard(tmp_path, local_grid)
     logs = sorted((tmp_path / "runs" / "logs" / "slurm").glob("*_0_log.out"))
     assert len(logs) == 2  # one job, with its own log, per grid entry
@@ -189,7 +189,9 @@ def test_killed_worker_loses_no_finished_entry_and_a_rerun_completes_the_grid(
 
 @pytest.mark.parametrize("options, message", [
     (("--executor", "slurmm"), "unknown executor 'slurmm': did you mean slurm"),
-    (("--executor-option", "cluster"), "--executor-option 'cluster': write KEY=VALUE"),
+    (("--ray-address", "head:6379"), "--ray-address: belongs to another executor than "
+                                     "--executor local"),
+    (("--executor", "slurm", "--slurm-gpus", "two"), "'two' is not a valid integer"),
     (("--jobs", "0"), "--jobs"),
 ])
 def test_bad_executor_input_is_a_one_line_error(demo_tiny_root, tmp_path, options, message):

@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from rich.console import Console
 from torch import nn
 
+from fusebench.cli.throughput import throughput
 from fusebench.data import DataConfig, prepare
 from fusebench.errors import FusebenchError
 from fusebench.hookspecs import hookimpl
@@ -35,7 +37,6 @@ from fusebench.throughput import (
     parse_batch_sizes,
     render_tables,
     synthetic_batch,
-    throughput_command,
     write_records,
 )
 
@@ -61,26 +62,23 @@ class TinyFusion(nn.Module):
         return self.ehr(batch["ehr"].mean(dim=1)) + image * batch["has_cxr"][:, None]
 
 
-def _spec(name: str, cohort: str, hparams: Mapping) -> MethodSpec:
+def counted_default_step(model: nn.Module, batch: Mapping, optimizers: Sequence) -> torch.Tensor:
+    STEP_CALLS["tiny-fusion"] += 1
+    return default_training_step(model, batch, optimizers)
+
+
+def _spec(name: str, cohort: str, hparams: Mapping, **extra: Any) -> MethodSpec:
     return MethodSpec(name=name, description="test method", reference="-",
                       handles_missing_cxr=cohort == "partial", default_train_cohort=cohort,
-                      hparams=hparams, build=TinyFusion)
+                      hparams=hparams, build=TinyFusion, **extra)
 
 
 @hookimpl
 def fusebench_register_methods() -> list[MethodSpec]:
-    return [_spec("tiny-fusion", "partial", {"*": {"batch_size": 6}}),
+    return [_spec("tiny-fusion", "partial", {"*": {"batch_size": 6}},
+                  training_step=counted_default_step),
             _spec("tiny-paired", "paired", {}),
             _spec("tiny-oom", "paired", {"*": {"oom_above": 4}})]
-
-
-@hookimpl
-def fusebench_training_step(method: MethodSpec, model: nn.Module, batch: Mapping,
-                            optimizers: Sequence) -> torch.Tensor | None:
-    if method.name != "tiny-fusion":
-        return None
-    STEP_CALLS[method.name] += 1
-    return default_training_step(model, batch, optimizers)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +207,7 @@ def test_cuda_without_a_device_is_a_one_line_error(registry: Registry,
                                                    cli_registry: None) -> None:
     with pytest.raises(FusebenchError, match="no CUDA device"):
         _measure(registry, "tiny-paired", device="cuda")
-    result = CliRunner().invoke(throughput_command, ["--method", "tiny-paired",
+    result = CliRunner().invoke(throughput, ["--method", "tiny-paired",
                                                      "--device", "cuda"])
     assert isinstance(result.exception, FusebenchError)
     assert "--device cuda" in str(result.exception)
@@ -223,7 +221,7 @@ def test_end_to_end_needs_data(registry: Registry) -> None:
 def test_command_prints_a_table_and_writes_json_atomically(tmp_path: Path,
                                                            cli_registry: None) -> None:
     out = tmp_path / "records.json"
-    result = CliRunner().invoke(throughput_command, [
+    result = CliRunner().invoke(throughput, [
         "--method", "tiny-fusion,tiny-paired", "--device", "cpu", "--batch-size", "2,4",
         "--warmup", "0", "--iters", "2", "--image-size", "32", "--json", str(out)])
     assert result.exit_code == 0, result.output
@@ -246,15 +244,15 @@ def test_failed_write_leaves_the_previous_file_whole(tmp_path: Path) -> None:
 
 def test_command_rejects_bad_input_before_measuring(tmp_path: Path, cli_registry: None) -> None:
     runner = CliRunner()
-    unknown = runner.invoke(throughput_command, ["--method", "tiny-fusio", "--device", "cpu"])
+    unknown = runner.invoke(throughput, ["--method", "tiny-fusio", "--device", "cpu"])
     assert isinstance(unknown.exception, FusebenchError)
     assert "tiny-fusion" in str(unknown.exception)  # the suggestion
-    bad_json = runner.invoke(throughput_command, ["--method", "tiny-paired", "--device", "cpu",
+    bad_json = runner.invoke(throughput, ["--method", "tiny-paired", "--device", "cpu",
                                                   "--json", str(tmp_path)])
     assert bad_json.exit_code != 0
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    unwritable = runner.invoke(throughput_command, ["--method", "tiny-paired", "--device", "cpu",
+    unwritable = runner.invoke(throughput, ["--method", "tiny-paired", "--device", "cpu",
                                                     "--json", str(not_a_folder / "x.json")])
     assert isinstance(unwritable.exception, FusebenchError)
     assert "--json" in str(unwritable.exception)
@@ -304,7 +302,7 @@ def test_end_to_end_reports_data_time_from_the_pipeline(registry: Registry, demo
 def test_end_to_end_command_on_the_demo(demo_tiny_root: Path, tmp_path: Path,
                                         cli_registry: None) -> None:
     out = tmp_path / "e2e.json"
-    result = CliRunner().invoke(throughput_command, [
+    result = CliRunner().invoke(throughput, [
         "--method", "tiny-paired", "--device", "cpu", "--mode", "end-to-end",
         "--data-root", str(demo_tiny_root), "--cache-dir", str(tmp_path / "cache"),
         "--image-size", "32", "--warmup", "0", "--iters", "2", "--batch-size", "4",

@@ -19,7 +19,7 @@ from typing import Any
 from fusebench.errors import FusebenchError
 from fusebench.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
 from fusebench.hookspecs import hookimpl
-from fusebench.specs import ExecutorSpec
+from fusebench.specs import ExecutorOption, ExecutorSpec
 
 __all__ = ["run_ray"]
 
@@ -72,4 +72,10 @@ def fusebench_register_executors() -> list[ExecutorSpec]:
         description="A Ray cluster (--ray-address): one task per grid job, re-run when its worker "
         "dies (needs fusebench[ray]).",
         run=run_ray,
+        options=(
+            ExecutorOption("address", "Address of the Ray cluster (HOST:PORT; default: start "
+                           "one on this machine)."),
+            ExecutorOption("cpus", "CPUs per task.", float, 1.0),
+            ExecutorOption("gpus", "GPUs per task.", float, 0.0),
+        ),
     )]

@@ -21,7 +21,7 @@ from typing import Any
 from fusebench.errors import FusebenchError
 from fusebench.executors._jobs import ExecutorSettings, GridJob, JobOutcome, run_job
 from fusebench.hookspecs import hookimpl
-from fusebench.specs import ExecutorSpec
+from fusebench.specs import ExecutorOption, ExecutorSpec
 
 __all__ = ["run_slurm"]
 
@@ -43,7 +43,7 @@ def _executor(settings: ExecutorSettings) -> Any:
     folder = settings.log_dir / "slurm"
     executor = submitit.AutoExecutor(folder=folder, cluster=options.get("cluster"))
     parameters: dict[str, Any] = {"name": "fusebench",
-                                  "timeout_min": int(options.get("time_min", 240)),
+                                  "timeout_min": int(options.get("time", 240)),
                                   "cpus_per_task": int(options.get("cpus", 4)),
                                   "gpus_per_node": int(options.get("gpus", 0))}
     if options.get("partition"):
@@ -86,4 +86,12 @@ def fusebench_register_executors() -> list[ExecutorSpec]:
         description="A SLURM cluster through submitit: one job per grid job, resubmitted when it "
         "dies (needs fusebench[slurm]).",
         run=run_slurm,
+        options=(
+            ExecutorOption("partition", "SLURM partition."),
+            ExecutorOption("gpus", "GPUs per job.", int, 0),
+            ExecutorOption("time", "Time limit per job in minutes.", int, 240),
+            ExecutorOption("cpus", "CPUs per job.", int, 4),
+            ExecutorOption("cluster", "submitit cluster: slurm, or local (subprocesses of this "
+                           "machine, for trying the submission path)."),
+        ),
     )]
