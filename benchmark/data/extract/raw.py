@@ -104,6 +104,15 @@ def read_header(path: Path) -> tuple[str, ...]:
     return columns
 
 
+def _named_version(root: Path) -> re.Match[str] | None:
+    """The version a PhysioNet download names: its folder (``mimiciv/3.1``) or its LICENSE.txt."""
+    named = re.search(r"(?:^|/)(\d)\.(\d)(?:/|$)", root.resolve().as_posix())
+    license_file = root / "LICENSE.txt"
+    if named is None and license_file.is_file():
+        named = re.search(r"MIMIC-IV v?(\d)\.(\d)", license_file.read_text(errors="replace")[:4096])
+    return named
+
+
 def _lab_item_ids(path: Path, header: tuple[str, ...]) -> set[int]:
     column = header.index("itemid")
     opener = gzip.open if path.name.endswith(".gz") else open
@@ -157,7 +166,7 @@ def open_raw(root: Path) -> RawMimic:
     if "race" not in admissions:
         raise FusebenchError(f"{paths['admissions']} line 1: missing column 'race' (MIMIC-IV "
                              "v2.0 and later name it race)")
-    named = re.search(r"(?:^|/)(\d)\.(\d)(?:/|$)", root.resolve().as_posix())
+    named = _named_version(root)
     if "admit_provider_id" not in admissions:
         return RawMimic(root, "2.0-2.1", "hosp/ tables, admissions.race, no provider ids",
                         paths, headers)
@@ -172,8 +181,8 @@ def open_raw(root: Path) -> RawMimic:
                              "item ids; download v3.1, which restored them")
     if named and named.group(1) in "23":
         version = f"{named.group(1)}.{named.group(2)}"
-        return RawMimic(root, version, f"admissions.admit_provider_id, folder name {version}",
-                        paths, headers)
+        return RawMimic(root, version, f"admissions.admit_provider_id; the folder name or "
+                        f"LICENSE.txt says {version}", paths, headers)
     # v2.2, v3.1 (and v3.2) have the same tables and columns for what the extractor reads.
     return RawMimic(root, "2.2+", "hosp/ tables, admissions.race and admit_provider_id, lab "
                     "item ids of v2.2/v3.1 (no version in the folder name)", paths, headers)
