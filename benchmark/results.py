@@ -10,7 +10,7 @@ merge`` and every leaderboard rebuild use the same :func:`validate_result`.
 Example:
     >>> errors = validate_result({"schema_version": 1})
     >>> errors[0]
-    "missing key 'cxr_window'"
+    "missing key 'created'"
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ may mislead) or ``error`` (training would fail or be wrong). Checks:
 - images: the CXR tables parse, every metadata image is in ``resized/`` and decodes.
 
 Example:
-    >>> report = check_data_root(Path("data/ehr"), Path("data/cxr"), progress=False)
+    >>> import tempfile
+    >>> from fusebench.data.demo import generate_demo
+    >>> root = generate_demo(Path(tempfile.mkdtemp()) / "demo", "tiny", seed=0, progress=False)
+    >>> report = check_data_root(root / "ehr", root / "cxr", progress=False)
     >>> report["ok"]
     True
 """

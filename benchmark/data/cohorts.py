@@ -1,11 +1,17 @@
 """``prepare()``: validate the raw files, build or reuse the cache, and serve cohorts as batches.
 
 Example:
-    >>> data = prepare(DataConfig(Path("demo/ehr"), Path("demo/cxr")), IN_HOSPITAL_MORTALITY)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from fusebench.data.demo import generate_demo
+    >>> from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY
+    >>> root = generate_demo(Path(tempfile.mkdtemp()) / "demo", "tiny", seed=0, progress=False)
+    >>> config = DataConfig(root / "ehr", root / "cxr", cache_dir=root / "cache", image_size=32)
+    >>> data = prepare(config, IN_HOSPITAL_MORTALITY, progress=False)
     >>> view = data.cohort("train", "partial")
-    >>> batch = next(view.batches(16, shuffle=True, seed=0, augment=True))
-    >>> batch["ehr"].shape[0], batch["cxr"].shape[1:]
-    (16, (3, 224, 224))
+    >>> batch = next(view.batches(8, shuffle=True, seed=0, augment=True))
+    >>> batch["ehr"].shape[0], tuple(batch["cxr"].shape[1:])
+    (8, (3, 32, 32))
 """
 
 from __future__ import annotations

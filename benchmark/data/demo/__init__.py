@@ -49,7 +49,9 @@ Determinism: one ``numpy`` generator per part, seeded from ``(seed, part)``; sor
 JPEG quality, no timestamps: the same size and seed give byte-identical files.
 
 Example:
-    >>> root = generate_demo(Path("/tmp/demo"), size="tiny", seed=0, progress=False)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> root = generate_demo(Path(tempfile.mkdtemp()) / "demo", size="tiny", seed=0, progress=False)
     >>> sorted(p.name for p in root.iterdir())
     ['cxr', 'ehr', 'fusebench-demo.json']
 """

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import platformdirs
+
 from fusebench.data.demo.cxr import (
     chexpert_labels,
     draw_films,
@@ -139,7 +141,8 @@ def generate_demo(out: Path, size: str = "small", seed: int = 0, *, progress: bo
         ``out``.
 
     Example:
-        >>> root = generate_demo(Path("/tmp/demo-tiny"), "tiny", progress=False)
+        >>> import tempfile
+        >>> root = generate_demo(Path(tempfile.mkdtemp()) / "tiny", "tiny", progress=False)
         >>> (root / "ehr" / "phenotyping" / "train_listfile.csv").is_file()
         True
     """
@@ -157,9 +160,11 @@ def generate_demo(out: Path, size: str = "small", seed: int = 0, *, progress: bo
 
 
 def demo_home() -> Path:
-    """Per-user folder of cached demo datasets: ``$FUSEBENCH_HOME`` or ``~/.cache/fusebench``."""
+    """Per-user folder of cached demo datasets: ``$FUSEBENCH_HOME``, else the platform's user
+    cache folder (``~/.cache/fusebench`` on Linux, ``~/Library/Caches/fusebench`` on macOS,
+    ``%LOCALAPPDATA%\\fusebench\\Cache`` on Windows)."""
     home = os.environ.get("FUSEBENCH_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "fusebench"
+    return Path(home) if home else Path(platformdirs.user_cache_dir("fusebench", appauthor=False))
 
 
 def _is_complete(root: Path, size: str, seed: int) -> bool:

@@ -780,8 +780,10 @@ def generate_raw_demo(out: Path, version: str = "3.1", size: str = "tiny", seed:
         progress: ``add_bar(description, total) -> advance(n)``, or None for silence.
 
     Example:
-        >>> manifest = generate_raw_demo(Path("/tmp/raw"), "2.2", progress=None)
-        >>> sorted(p.name for p in Path("/tmp/raw").iterdir())
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "raw"
+        >>> manifest = generate_raw_demo(out, "2.2", progress=None)
+        >>> sorted(p.name for p in out.iterdir())
         ['mimic-cxr-jpg', 'mimic-iv', 'planted.json']
     """
     if version not in MIMIC_IV_VERSIONS:
