@@ -264,17 +264,15 @@ def _cohort(size: DemoSize, seed: int, planted: dict) -> pd.DataFrame:
 
     # Two ICU stays in one admission: a second stay 12 h after the first, same hadm_id.
     index = next(pick)
-    first = stays.loc[index]
-    second = first.copy()
+    second = stays.loc[[index]].copy()
     second["stay_id"] = int(stays["stay_id"].max()) + 1
-    second["episode"] = first["episode"] + 1
-    second["intime"] = first["intime"] + np.timedelta64(int(first["los_seconds"]) + 12 * 3600,
-                                                         "s")
+    second["episode"] += 1
+    second["intime"] += pd.to_timedelta(second["los_seconds"] + 12 * 3600, unit="s")
     second["los_minutes"], second["los_seconds"] = 30 * 60, 30 * 3600
-    stays = pd.concat([stays, second.to_frame().T], ignore_index=True)
+    stays = pd.concat([stays, second], ignore_index=True)
     planted["two_stays_one_admission"] = {
-        "subject_id": int(first["subject_id"]), "hadm_id": int(first["hadm_id"]),
-        "stay_ids": [int(first["stay_id"]), int(second["stay_id"])]}
+        **{k: v for k, v in stay_record(index).items() if k != "stay_id"},
+        "stay_ids": [int(stays.loc[index, "stay_id"]), int(second["stay_id"].iloc[0])]}
 
     index = next(pick)
     stays.loc[index, "mortality"] = 0
@@ -289,15 +287,9 @@ def _cohort(size: DemoSize, seed: int, planted: dict) -> pd.DataFrame:
     for index, subject in zip(short_single[1:3], unlisted, strict=True):
         stays.loc[index, "subject_id"] = subject
     planted["subjects_missing_from_split_lists"] = unlisted
-    planted["mortality_on_v2_dod_after_discharge"] = stay_record(next(pick))
-    for column in ("subject_id", "hadm_id", "stay_id", "episode", "los_minutes", "los_seconds",
-                   "anchor_age", "mortality", *PHENOTYPE_LABELS):
-        stays[column] = stays[column].astype(np.int64)
-    for column in stays.columns:
-        if stays[column].dtype == object and column not in ("split", "first_careunit",
-                                                            "last_careunit", "intime"):
-            stays[column] = stays[column].astype(np.float64)
-    stays["intime"] = pd.to_datetime(stays["intime"])
+    index = next(pick)
+    stays.loc[index, "mortality"] = 0  # survives the admission; v2+ dod records a later death
+    planted["mortality_on_v2_dod_after_discharge"] = stay_record(index)
     return stays.sort_values(["subject_id", "intime"]).reset_index(drop=True)
 
 
@@ -427,8 +419,8 @@ def _diagnoses(stays: pd.DataFrame, rng: np.random.Generator,
     diagnoses = pd.concat([diagnoses, pd.DataFrame(extra, columns=diagnoses.columns)],
                           ignore_index=True)
     titles[("0389", 9)] = "Unspecified septicemia"
-    titles[(_CODE_IN_BOTH_VERSIONS, 9)] = "Fall from stairs or steps (synthetic title)"
-    titles[(_CODE_IN_BOTH_VERSIONS, 10)] = "Congenital hypothyroidism with goiter (synthetic)"
+    titles[(_CODE_IN_BOTH_VERSIONS, 9)] = "Activity, unspecified"  # an ICD-9 E code
+    titles[(_CODE_IN_BOTH_VERSIONS, 10)] = "Congenital hypothyroidism with diffuse goiter"
     planted["icd_leading_zero"] = {"subject_id": subject, "hadm_id": int(hadm),
                                    "icd_code": "0389", "icd_version": 9,
                                    "phenotype": "Septicemia (except in labor)"}
