@@ -261,6 +261,9 @@ def _attach_differences(entries: list[dict], board_path: Path, task: TaskSpec,
                              entry["seed"]))
         if ref is None or not entry.get("predictions"):
             continue
+        if not ((folder / entry["predictions"]).exists()
+                and (folder / ref["predictions"]).exists()):
+            continue  # a kept file deleted by hand: no difference, the entry stays
         sha, ref_sha = (entry["result"]["predictions"]["sha256"],
                         ref["result"]["predictions"]["sha256"])
         key = (task.name, n_resamples, sha, ref_sha)

@@ -198,16 +198,25 @@ def test_damaged_result_file_makes_the_grid_rerun_that_entry(demo_tiny_root, tmp
 # --- concurrent writers ------------------------------------------------------------------------
 
 def _blocked_on_flock(pids: set[int]) -> set[int]:
-    """Which of ``pids`` wait for a flock (lines ``N: -> FLOCK ... PID dev:inode ...``)."""
-    waiting = set()
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "->" and fields[2] == "FLOCK":
-            waiting |= {int(fields[5])} & pids
-    return waiting
+    """Which of ``pids`` wait for the lock. filelock polls (a non-blocking flock, then a sleep),
+    and nothing else on a merge's path sleeps, so a waiting merge's main thread sleeps in the
+    kernel's ``hrtimer_nanosleep``; seen twice in a row to skip a sleep of start-up."""
+    def sleeping() -> set[int]:
+        found = set()
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/wchan").read_text().strip() == "hrtimer_nanosleep":
+                    found.add(pid)
+            except OSError:
+                continue
+        return found
+
+    first = sleeping()
+    time.sleep(0.2)
+    return first & sleeping()
 
 
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc/PID/wchan")
 def test_concurrent_merge_commands_wait_for_the_lock_and_keep_every_entry(tmp_path):
     """Two `leaderboard merge` processes are made to overlap for certain: the test holds the
     leaderboard's lock until both are blocked on it, and meanwhile adds an entry itself, which a

@@ -127,19 +127,24 @@ def leaderboard(ctx: click.Context, methods: Sequence[str], task_names: Sequence
 def _print_board(board: dict[str, Any], cohort: str) -> None:
     from rich.table import Table
 
-    from fusebench.leaderboard import summary_rows
-    from fusebench.metrics import format_ci
+    from fusebench.leaderboard import shown, shown_difference, summary_rows
 
+    rows = summary_rows(board, cohort)
+    # Several seeds: the row shows (and is ranked by) the mean ± sd; the Markdown adds each
+    # seed's CI.
+    what = "mean ± sd" if any(len(r["seeds"]) > 1 for r in rows) else "[95% CI]"
     table = Table(title=f"{board['task']} - test cohort {cohort} ({board['dataset']['name']})")
-    for column in ("rank", "method", "train cohort", "AUROC [95% CI]", "AUPRC [95% CI]",
+    for column in ("rank", "method", "train cohort", f"AUROC {what}", f"AUPRC {what}",
                    f"ΔAUROC vs {board['reference_method']}"):
         table.add_column(column)
-    for row in summary_rows(board, cohort):
-        difference = row["difference"]
-        table.add_row(str(row["rank"]), row["method"], row["train_cohort"],
-                      format_ci(row["auroc"]), format_ci(row["auprc"]),
-                      "-" if difference is None else format_ci(difference))
+    for row in rows:
+        table.add_row(str(row["rank"]), row["method"], row["train_cohort"], shown(row, "auroc"),
+                      shown(row, "auprc"), shown_difference(row))
     console.print(table)
+    if board.get("other_entries") and cohort == COHORTS[-1]:
+        err_console.print(f"{len(board['other_entries'])} entries computed on other data or "
+                          "settings are kept apart (see the Markdown beside the board)",
+                          highlight=False)
 
 
 @leaderboard.command("merge")
@@ -147,14 +152,44 @@ def _print_board(board: dict[str, Any], cohort: str) -> None:
 @click.option("--leaderboard-file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Leaderboard JSON (default: leaderboards/<dataset>/<task>.json).")
 @click.option("--force", is_flag=True, help="Replace an existing entry with the same key.")
-def leaderboard_merge(result_file: Path, leaderboard_file: Path | None, force: bool) -> None:
-    """Add a submitted result file to a leaderboard after validation."""
-    from fusebench.leaderboard import leaderboard_path, merge_result
+@click.option("--n-resamples", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Bootstrap resamples of the difference to the reference method.")
+def leaderboard_merge(result_file: Path, leaderboard_file: Path | None, force: bool,
+                      n_resamples: int) -> None:
+    """Add a submitted result file to a leaderboard after validation.
+
+    The result's predictions file (beside it) is checked against its recorded SHA-256 and kept
+    beside the board with the result, and its ΔAUROC to the reference method is computed on
+    the same bootstrap resamples.
+    """
+    from fusebench.leaderboard import entry_key, leaderboard_path, merge_result, settings_of
+    from fusebench.metrics import format_ci
     from fusebench.results import read_result
 
     result = read_result(result_file)
     path = leaderboard_file or leaderboard_path(Path("."), result["dataset"]["name"],
                                                 result["task"])
-    board = merge_result(path, result_file, force=force)
-    err_console.print(f"merged {result['method']['name']} into {path} "
-                      f"({len(board['entries'])} entries)", highlight=False)
+    task = registry_for_cli().tasks.get(result["task"])
+    board = merge_result(path, result_file, force=force, task=task, n_resamples=n_resamples)
+    name = result["method"]["name"]
+    err_console.print(f"merged {name} into {path} ({len(board['entries'])} ranked entries)",
+                      highlight=False)
+    mine = [e for e in board["entries"] if entry_key(e["result"]) == entry_key(result)
+            and settings_of(e["result"]) == settings_of(result)]
+    if not mine:
+        err_console.print(
+            f"[yellow]kept apart:[/] {name} was computed on other data or settings than the "
+            f"ranked entries (data fingerprint {result['dataset']['fingerprint'][:12]} vs "
+            f"{board['dataset']['fingerprint'][:12]}, preset {settings_of(result)['preset']} vs "
+            f"{board['preset']}); it is listed under 'Entries on other data or settings'",
+            highlight=False, soft_wrap=True)
+    elif mine[0]["difference_to_reference"] is not None:
+        delta = mine[0]["difference_to_reference"]["auroc"]["macro"]
+        err_console.print(f"ΔAUROC vs {board['reference_method']}: {format_ci(delta)}",
+                          highlight=False)
+    else:
+        err_console.print(
+            f"no ΔAUROC vs {board['reference_method']}: "
+            + ("its predictions file is not beside the result" if not mine[0]["predictions"]
+               else "the board has no reference entry with predictions for this test cohort "
+               "and seed"), highlight=False)
