@@ -32,11 +32,14 @@ from fusebench.registry import Registry
 from fusebench.specs import MethodSpec, ModelConfig
 
 __all__ = [
+    "adam",
+    "batch_to_device",
     "build_model",
     "build_optimizers",
     "default_optimizers",
     "default_training_step",
     "method_code",
+    "trainable_parameter_count",
     "training_step",
 ]
 
@@ -62,6 +65,22 @@ def adam(parameters: Sequence[nn.Parameter], hparams: Mapping[str, Any]) -> torc
         betas=tuple(hparams.get("betas", (0.9, 0.999))),
         weight_decay=float(hparams.get("weight_decay", 0.0)),
     )
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    """Number of parameters with ``requires_grad`` (what the parameter-count table reports)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def batch_to_device(batch: Mapping[str, torch.Tensor], device: torch.device | str,
+                    channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """The batch on ``device``, ``ehr_lengths`` left on the CPU (``pack_padded_sequence`` requires
+    it); the image in channels-last memory format when asked."""
+    moved = {key: value if key == "ehr_lengths" else value.to(device, non_blocking=True)
+             for key, value in batch.items()}
+    if channels_last and "cxr" in moved:
+        moved["cxr"] = moved["cxr"].contiguous(memory_format=torch.channels_last)
+    return moved
 
 
 def default_training_step(

@@ -58,8 +58,13 @@ from fusebench.progress import make_progress
 from fusebench.registry import Registry, get_registry
 from fusebench.results import utc_now
 from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
-from fusebench.steps import build_model, build_optimizers, training_step
-from fusebench.testing import trainable_parameter_count
+from fusebench.steps import (
+    batch_to_device,
+    build_model,
+    build_optimizers,
+    trainable_parameter_count,
+    training_step,
+)
 
 __all__ = [
     "PARTIAL_CXR_FRACTION",
@@ -217,16 +222,6 @@ def synthetic_batch(task: TaskSpec, batch_size: int, *, ehr_bins: int, image_siz
         "y": torch.randint(0, 2, (batch_size, task.num_classes), generator=generator).float(),
         "stay_id": torch.arange(batch_size, dtype=torch.long),
     }
-
-
-def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device,
-               channels_last: bool) -> Batch:
-    # ehr_lengths stays on the CPU, as in training: pack_padded_sequence requires it.
-    moved = {key: value if key == "ehr_lengths" else value.to(device, non_blocking=True)
-             for key, value in batch.items()}
-    if channels_last and "cxr" in moved:
-        moved["cxr"] = moved["cxr"].contiguous(memory_format=torch.channels_last)
-    return moved
 
 
 # --------------------------------------------------------------------------- memory and timing
@@ -415,7 +410,7 @@ def _cohort_batches(data: Any, cohort: str, batch_size: int, *, train: bool,
     epoch = 0
     while True:
         for batch in view.batches(batch_size, shuffle=train, seed=epoch, augment=train):
-            yield _to_device(batch, settings.device, settings.channels_last)
+            yield batch_to_device(batch, settings.device, settings.channels_last)
         epoch += 1
 
 
@@ -451,7 +446,7 @@ def _measure_batch_size(subject: _Subject, batch_size: int, settings: _Settings,
     """Inference then training phases at one batch size; the measured part of a record."""
     cohort = subject.method.default_train_cohort
     if settings.mode == "model":
-        batch = _to_device(synthetic_batch(
+        batch = batch_to_device(synthetic_batch(
             subject.task, batch_size, ehr_bins=_ehr_bins(subject.task),
             image_size=settings.image_size, cxr_fraction=_cxr_fraction(subject.method),
         ), settings.device, settings.channels_last)
