@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,13 +123,45 @@ def run(task: str, method: str, resume: bool, **options: Any) -> None:
         with distributed.main_first():
             data = prepare(data_config(data_opts, get_preset(request.preset)),
                            registry.task(task), progress=distributed.is_main())
-        with RunProgress() if distributed.is_main() else contextlib.nullcontext() as progress:
-            results = execute_run(registry, request, data, resume=resume, progress=progress)
+        try:
+            with RunProgress() if distributed.is_main() else contextlib.nullcontext() as progress:
+                results = execute_run(registry, request, data, resume=resume, progress=progress)
+        except KeyboardInterrupt:
+            if distributed.is_main():
+                checkpoint = run_dir(request, registry.method(method), data) / "checkpoint.pt"
+                saved = ("the last finished epoch is saved" if checkpoint.exists()
+                         else "no epoch finished yet")
+                err_console.print(f"interrupted ({saved}); continue with: "
+                                  f"{_resume_command(click.get_current_context())}",
+                                  highlight=False, markup=False, soft_wrap=True)
+            raise click.exceptions.Abort() from None
         if not distributed.is_main():
             return
     folder = run_dir(request, registry.method(method), data)
     _print_results(results)
     err_console.print(f"results and predictions in {folder}", highlight=False)
+
+
+def _resume_command(context: click.Context) -> str:
+    """The command line that continues this run: its options as given, plus ``--resume``."""
+    from click.core import ParameterSource
+
+    words = ["fusebench"]
+    words += [word for module in context.find_root().params.get("plugins", ())
+              for word in ("--plugin", module)]
+    words.append(context.info_name or "run")
+    for parameter in context.command.params:
+        value = context.params.get(parameter.name)
+        given = context.get_parameter_source(parameter.name) != ParameterSource.DEFAULT
+        if not isinstance(parameter, click.Option) or not given or parameter.name == "resume":
+            continue
+        flag = parameter.opts[-1] if parameter.opts[-1].startswith("--") else parameter.opts[0]
+        if parameter.is_flag:
+            words += [flag] if value else parameter.secondary_opts[:1]
+        else:
+            for item in value if parameter.multiple else [value]:
+                words += [flag, str(item)]
+    return shlex.join([*words, "--resume"])
 
 
 @click.command()
