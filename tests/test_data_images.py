@@ -39,9 +39,9 @@ from fusebench.data.layout import DataConfig
 from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY
 
 ATOL = 1e-5
-# ImageNet statistics as MedFuse's datasets/cxr_dataset.py get_transforms passes them to
-# transforms.Normalize
-# (MEDFUSE_REFERENCE.md 2.2); written out so that the test does not share the harness's constants.
+# ImageNet statistics as MedFuse's datasets/cxr_dataset.py (get_transforms) passes them to
+# transforms.Normalize (MEDFUSE_REFERENCE.md 2.2); written out so that the test does not share the
+# harness's constants.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
