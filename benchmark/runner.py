@@ -67,7 +67,7 @@ from fusebench.steps import (
     default_training_step,
     training_step,
 )
-from fusebench.train import fit, predict
+from fusebench.train import HISTORY_FILES, fit, predict, save_history
 
 __all__ = [
     "BOOTSTRAP_SEED",
@@ -84,7 +84,7 @@ __all__ = [
 
 # Files of a run that describe its outcome: removed when a run with another identity starts there.
 _OUTCOME_FILES = ("result-paired.json", "result-partial.json", "predictions-paired.csv",
-                  "predictions-partial.csv", "failed.json", "run.json")
+                  "predictions-partial.csv", "failed.json", "run.json", *HISTORY_FILES)
 
 
 @dataclass(frozen=True)
@@ -408,6 +408,7 @@ def _train_and_record(registry: Registry, request: RunRequest, data: Any, folder
         description=f"{method.name} {task.name} ({cohort})",
     )
     model.load_state_dict(outcome.best_state)
+    save_history(outcome.history, folder, title=f"{method.name} {task.name} ({cohort})")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def record(test_cohort: str, view: Any, probabilities: np.ndarray,

@@ -1,5 +1,8 @@
 """The fit loop: seeded epochs, ReduceLROnPlateau, early stopping, per-epoch checkpoints, resume.
 
+Every epoch adds a row to the run's training curves (train loss, validation loss, macro AUROC
+and AUPRC, learning rates), which :func:`save_history` writes beside the run's results.
+
 Each epoch re-seeds torch from ``(seed, epoch)`` and the batch order from the same pair, so a run
 resumed from the checkpoint of epoch k continues exactly as the uninterrupted run would have.
 Validation computes point metrics only (macro AUROC and loss); the bootstrap runs once, on the
@@ -15,6 +18,9 @@ takes the same early-stopping and learning-rate decisions; rank 0 alone writes c
 from __future__ import annotations
 
 import copy
+import csv
+import io
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,10 +33,24 @@ from torch import nn
 
 from fusebench import distributed
 from fusebench.checkpoints import load_checkpoint_if_exists, save_checkpoint
-from fusebench.metrics import auroc
+from fusebench.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fusebench.metrics import auroc, average_precision
 from fusebench.progress import RunProgress
+from fusebench.steps import batch_to_device
 
-__all__ = ["FitOutcome", "StepFunction", "epoch_seed", "fit", "macro_auroc", "predict"]
+__all__ = [
+    "HISTORY_FILES",
+    "FitOutcome",
+    "StepFunction",
+    "epoch_seed",
+    "fit",
+    "macro_auprc",
+    "macro_auroc",
+    "predict",
+    "save_history",
+]
+
+HISTORY_FILES = ("history.json", "history.csv", "history.png")
 
 # step(model, batch, optimizers) -> detached loss; under torchrun the model is DDP-wrapped
 StepFunction = Callable[[nn.Module, Mapping[str, torch.Tensor], list], torch.Tensor]
@@ -46,7 +66,9 @@ class FitOutcome:
         best_score: its validation macro AUROC.
         epochs_run: epochs completed, including those before a resume.
         seconds: training wall time, including time before a resume.
-        history: per epoch: train loss, validation loss and AUROC, learning rates.
+        history: per epoch: train loss, validation loss, macro AUROC and AUPRC, learning
+            rates (one per parameter group of every optimizer, after the epoch's scheduler
+            step).
     """
 
     best_state: dict[str, torch.Tensor]
@@ -62,14 +84,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    # Lengths stay on the CPU: pack_padded_sequence requires it.
-    return {
-        key: value if key == "ehr_lengths" else value.to(device, non_blocking=True)
-        for key, value in batch.items()
-    }
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module, view: Any, batch_size: int, device: torch.device
@@ -83,7 +97,7 @@ def predict(
     probabilities, labels = [], []
     for batch in view.batches(batch_size, shuffle=False, augment=False, rank=rank,
                               world_size=world_size):
-        logits = model(_to_device(batch, device))
+        logits = model(batch_to_device(batch, device))
         probabilities.append(torch.sigmoid(logits.float()).cpu().numpy())
         labels.append(batch["y"].numpy())
     width = view.labels.shape[1]
@@ -95,8 +109,18 @@ def predict(
 
 def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Unweighted mean AUROC over the labels that have both classes (NaN if none has)."""
+    return _macro(auroc, labels, probabilities)
+
+
+def macro_auprc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Unweighted mean AUPRC over the labels that have both classes (NaN if none has)."""
+    return _macro(average_precision, labels, probabilities)
+
+
+def _macro(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray,
+           probabilities: np.ndarray) -> float:
     values = [
-        auroc(labels[:, c], probabilities[:, c])
+        metric(labels[:, c], probabilities[:, c])
         for c in range(labels.shape[1])
         if 0 < labels[:, c].sum() < len(labels)
     ]
@@ -132,7 +156,8 @@ def fit(
         val: the validation view.
         hparams: ``epochs``, ``batch_size``, ``patience`` (early stopping, epochs without a
             better validation AUROC), ``lr_patience`` and ``lr_factor`` (ReduceLROnPlateau on
-            the validation loss).
+            the validation loss; ``lr_factor`` 1.0: constant learning rate, no scheduler, as
+            the original's MMTM and DAFT trainers).
         optimizers: the optimizers ``step`` uses; each gets its own scheduler.
         step: one training step, returning the detached loss.
         device: where the model lives.
@@ -149,10 +174,10 @@ def fit(
     epochs = int(hparams.get("epochs", 50))
     batch_size = int(hparams.get("batch_size", 16))
     patience = int(hparams.get("patience", 15))
-    schedulers = [
+    lr_factor = float(hparams.get("lr_factor", 0.5))
+    schedulers = [] if lr_factor == 1.0 else [
         torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=float(hparams.get("lr_factor", 0.5)),
-            patience=int(hparams.get("lr_patience", 10)),
+            optimizer, mode="min", factor=lr_factor, patience=int(hparams.get("lr_patience", 10)),
         )
         for optimizer in optimizers
     ]
@@ -182,6 +207,7 @@ def fit(
         probabilities, labels = predict(model, val, batch_size, device)
         val_loss = _validation_loss(labels, probabilities)
         val_auroc = macro_auroc(labels, probabilities)
+        val_auprc = macro_auprc(labels, probabilities)
         for scheduler in schedulers:
             scheduler.step(val_loss)
         score = -np.inf if np.isnan(val_auroc) else val_auroc
@@ -195,6 +221,7 @@ def fit(
         state["history"].append({
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
             "val_auroc": None if np.isnan(val_auroc) else val_auroc,
+            "val_auprc": None if np.isnan(val_auprc) else val_auprc,
             "lr": [group["lr"] for o in optimizers for group in o.param_groups],
         })
         if checkpoint is not None:
@@ -221,7 +248,7 @@ def _train_epoch(
     losses = []
     for batch in train.batches(batch_size, shuffle=True, seed=seed, augment=True, rank=rank,
                                world_size=world_size):
-        loss = step(model, _to_device(batch, device), optimizers)
+        loss = step(model, batch_to_device(batch, device), optimizers)
         losses.append(float(loss))
         if progress is not None:
             progress.advance_batch(losses[-1])
@@ -244,3 +271,79 @@ def _restore(saved: dict, model: nn.Module, optimizers: list, schedulers: list) 
     for scheduler, scheduler_state in zip(schedulers, saved.pop("schedulers"), strict=True):
         scheduler.load_state_dict(scheduler_state)
     return saved
+
+
+def save_history(history: list[dict[str, Any]], folder: Path, title: str = "") -> list[Path]:
+    """Write the training curves of a run into ``folder``, each file atomically.
+
+    ``history.json`` (the rows of :attr:`FitOutcome.history`), ``history.csv`` (one row per
+    epoch; ``lr`` is the first parameter group's, ``lr_all`` every group's joined by ``;``) and,
+    when matplotlib is installed, ``history.png`` (losses, validation AUROC/AUPRC, learning rate
+    per epoch, the best epoch marked).
+
+    Args:
+        history: per-epoch rows as :func:`fit` records them.
+        folder: the run folder.
+        title: heading of the plot, e.g. the method, task and cohort.
+
+    Returns:
+        The files written.
+    """
+    json_path, csv_path, png_path = (folder / name for name in HISTORY_FILES)
+    atomic_write_json(json_path, history)
+    buffer = io.StringIO()
+    columns = ["epoch", "train_loss", "val_loss", "val_auroc", "val_auprc", "lr", "lr_all"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        rates = list(row.get("lr", []))
+        writer.writerow({**{key: row.get(key) for key in columns[:5]},
+                         "lr": rates[0] if rates else None,
+                         "lr_all": ";".join(f"{rate:.6g}" for rate in rates)})
+    atomic_write_text(csv_path, buffer.getvalue())
+    written = [json_path, csv_path]
+    if history and _plot_history(history, png_path, title):
+        written.append(png_path)
+    return written
+
+
+def _plot_history(history: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Draw the curves into ``path``; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+
+    def series(key: str) -> list[float]:
+        return [math.nan if row.get(key) is None else float(row[key]) for row in history]
+
+    epochs = [row["epoch"] for row in history]
+    auroc_values = series("val_auroc")
+    best = epochs[int(np.nanargmax(auroc_values))] if not np.all(np.isnan(auroc_values)) else None
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(epochs, series("train_loss"), marker="o", label="train")
+    axes[0].plot(epochs, series("val_loss"), marker="o", label="validation")
+    axes[0].set_title("BCE loss")
+    axes[1].plot(epochs, auroc_values, marker="o", label="AUROC")
+    axes[1].plot(epochs, series("val_auprc"), marker="o", label="AUPRC")
+    axes[1].set_title("validation (macro)")
+    axes[2].plot(epochs, [row["lr"][0] if row.get("lr") else math.nan for row in history],
+                 marker="o")
+    axes[2].set_yscale("log")
+    axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle=":", linewidth=1)
+    axes[0].legend()
+    axes[1].legend()
+    figure.suptitle(title + (f" (best epoch {best}, dotted)" if best is not None else ""))
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return True

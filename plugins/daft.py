@@ -98,7 +98,7 @@ def fusebench_register_methods() -> list[MethodSpec]:
             handles_missing_cxr=False,
             default_train_cohort="paired",
             hparams=medfuse_2022_hparams(
-                6.493e-5, 6.493e-5,
+                6.493e-5, 6.493e-5, constant_lr=True,
                 **{IHM: {"layer_after": 4}, PHENOTYPING: {"layer_after": 3}},
             ),
             build=DAFTFusion,

@@ -16,9 +16,11 @@ Example:
 from __future__ import annotations
 
 import pickle
+import urllib.error
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -32,19 +34,23 @@ __all__ = [
     "CXR_STAGE",
     "EHR_STAGE",
     "IHM",
+    "IMAGENET",
     "PHENOTYPING",
     "CXREncoder",
     "EHREncoder",
     "cxr_feature_dim",
+    "imagenet_weights_file",
     "init_medfuse_",
     "load_encoder_state",
     "medfuse_2022_hparams",
+    "resolve_cxr_weights",
 ]
 
 IHM = "in-hospital-mortality"
 PHENOTYPING = "phenotyping"
 CXR_STAGE = "cxr-radiology"
 EHR_STAGE = "ehr-uni"
+IMAGENET = "imagenet"  # --cxr-weights imagenet: torchvision's ResNet34 IMAGENET1K_V1, as the original
 
 # The published scripts' recipe; lr is tuned per method and task (reference section 2.6).
 _RECIPE: dict[str, Any] = {
@@ -58,25 +64,29 @@ _RECIPE: dict[str, Any] = {
 
 
 def medfuse_2022_hparams(
-    ihm_lr: float, phenotyping_lr: float, **extra: Mapping[str, Any]
+    ihm_lr: float, phenotyping_lr: float, *, constant_lr: bool = False,
+    **extra: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """The "medfuse-2022" recipe per task with the method's tuned learning rates.
 
     Args:
         ihm_lr: learning rate for in-hospital mortality (also the default for other tasks).
         phenotyping_lr: learning rate for phenotyping.
+        constant_lr: no ReduceLROnPlateau (``lr_factor`` 1.0): the original's MMTM and DAFT
+            trainers never step their schedulers.
         extra: per-task additional keys, e.g. ``{"phenotyping": {"layer_after": 3}}``.
 
     Returns:
         ``MethodSpec.hparams``: entries for ``"*"``, in-hospital mortality and phenotyping.
     """
+    recipe = {**_RECIPE, "lr_factor": 1.0} if constant_lr else _RECIPE
     table = {
-        "*": {**_RECIPE, "lr": ihm_lr},
-        IHM: {**_RECIPE, "lr": ihm_lr},
-        PHENOTYPING: {**_RECIPE, "lr": phenotyping_lr},
+        "*": {**recipe, "lr": ihm_lr},
+        IHM: {**recipe, "lr": ihm_lr},
+        PHENOTYPING: {**recipe, "lr": phenotyping_lr},
     }
     for task, values in extra.items():
-        table.setdefault(task, dict(_RECIPE)).update(values)
+        table.setdefault(task, dict(recipe)).update(values)
     return table
 
 
@@ -247,6 +257,44 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         raise FusebenchError(f"{path}: not a torchvision resnet34 state dict (no conv1.weight); "
                              "pass the file saved by torch.save(resnet34(...).state_dict())")
     return dict(state)
+
+
+def imagenet_weights_file() -> Path:
+    """torchvision's ImageNet ResNet34 weights (``IMAGENET1K_V1``, what the original's
+    ``pretrained=True`` loads) in torch's hub cache, downloaded on the first call.
+
+    The download goes through torchvision's weights API: into ``$TORCH_HOME/hub/checkpoints``
+    under a temporary name, checked against the SHA-256 prefix in the file name, then renamed.
+
+    Raises:
+        FusebenchError: the file is not cached and cannot be downloaded (e.g. offline).
+    """
+    weights = torchvision.models.ResNet34_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if cached.is_file():
+        return cached
+    try:
+        weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise FusebenchError(f"cannot download the ImageNet ResNet34 weights from {weights.url} "
+                             f"({reason}); offline, pass --cxr-weights PATH with a torchvision "
+                             "resnet34 state dict file") from error
+    return cached
+
+
+def resolve_cxr_weights(value: str | Path | None) -> Path | None:
+    """The weights file meant by ``--cxr-weights``: None, a local file, or ``"imagenet"``
+    (:func:`imagenet_weights_file`, downloaded on request only)."""
+    if value is None:
+        return None
+    if str(value) == IMAGENET:
+        return imagenet_weights_file()
+    path = Path(value)
+    if not path.is_file():
+        raise FusebenchError(f"--cxr-weights {value}: no such file; pass a torchvision resnet34 "
+                             f"state dict file or '{IMAGENET}' to download ImageNet's")
+    return path
 
 
 def load_encoder_state(encoder: nn.Module, config: ModelConfig, stage: str) -> str:

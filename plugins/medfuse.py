@@ -70,7 +70,10 @@ def _medfuse_random_init(config: ModelConfig) -> MedFuse:
 @hookimpl
 def fusebench_register_methods() -> list[MethodSpec]:
     """``medfuse`` (stage-1 pretrained encoders) and ``medfuse-ri`` (random init)."""
+    # The original's scripts: medFuse.sh 1e-4 (its default) for IHM, 7e-5 for phenotyping;
+    # medFuse_rand.sh 9.382e-5 for IHM, and no phenotyping run (MedFuse's rate is kept).
     hparams = medfuse_2022_hparams(1e-4, 7e-5)
+    random_init_hparams = medfuse_2022_hparams(9.382e-5, 7e-5)
     return [
         MethodSpec(
             name="medfuse",
@@ -90,7 +93,7 @@ def fusebench_register_methods() -> list[MethodSpec]:
             reference=REFERENCE,
             handles_missing_cxr=True,
             default_train_cohort="partial",
-            hparams=hparams,
+            hparams=random_init_hparams,
             build=_medfuse_random_init,
         ),
     ]

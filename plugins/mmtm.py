@@ -167,7 +167,7 @@ def fusebench_register_methods() -> list[MethodSpec]:
             reference=REFERENCE,
             handles_missing_cxr=False,
             default_train_cohort="paired",
-            hparams=medfuse_2022_hparams(4.355e-5, 5.326e-5),
+            hparams=medfuse_2022_hparams(4.355e-5, 5.326e-5, constant_lr=True),
             build=MMTMFusion,
             pretraining=(CXR_STAGE, EHR_STAGE),
             configure_optimizers=configure_optimizers,

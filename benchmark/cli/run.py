@@ -36,8 +36,10 @@ _run_options = [
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Override the learning rate."),
     click.option("--device", default=None, help="torch device (default: cuda if available)."),
-    click.option("--cxr-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                 default=None, help="Local ImageNet ResNet34 weights (never downloaded)."),
+    click.option("--cxr-weights", default=None, metavar="PATH|imagenet",
+                 help="ImageNet ResNet34 weights: a local torchvision state dict file, or "
+                 "'imagenet' to download torchvision's once (hash-checked, cached in "
+                 "$TORCH_HOME)."),
     click.option("--n-resamples", type=click.IntRange(min=10), default=1000, show_default=True,
                  help="Bootstrap resamples for the test metrics."),
     click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -64,6 +66,7 @@ def data_config(options: dict[str, Any], preset: Preset) -> DataConfig:
 
 def make_request(task: str, method: str, options: dict[str, Any]) -> tuple[RunRequest, dict]:
     """The run request from the run options; what is left of ``options`` are the data options."""
+    from fusebench.plugins.encoders import resolve_cxr_weights
     from fusebench.runner import RunRequest
 
     request = RunRequest(
@@ -71,7 +74,8 @@ def make_request(task: str, method: str, options: dict[str, Any]) -> tuple[RunRe
         seed=options.pop("seed"), preset=options.pop("preset"),
         overrides={"epochs": options.pop("epochs"), "batch_size": options.pop("batch_size"),
                    "lr": options.pop("lr")},
-        device=resolve_device(options.pop("device")), cxr_weights=options.pop("cxr_weights"),
+        device=resolve_device(options.pop("device")),
+        cxr_weights=resolve_cxr_weights(options.pop("cxr_weights")),
         n_resamples=options.pop("n_resamples"), out=out_folder(options.pop("out")),
     )
     return request, options
