@@ -45,7 +45,7 @@ from fusebench.checkpoints import delete_checkpoint, load_checkpoint_if_exists, 
 from fusebench.errors import FusebenchError
 from fusebench.fileio import atomic_write_json, file_lock
 from fusebench.metrics import score_predictions
-from fusebench.predictions import BOOTSTRAP_SEED, read_predictions, write_predictions
+from fusebench.predictions import BOOTSTRAP_SEED, write_predictions
 from fusebench.presets import get_preset
 from fusebench.progress import RunProgress
 from fusebench.registry import Registry
@@ -70,13 +70,11 @@ from fusebench.steps import (
 from fusebench.train import HISTORY_FILES, fit, predict, save_history
 
 __all__ = [
-    "BOOTSTRAP_SEED",
     "RunRequest",
     "dataset_name",
     "execute_run",
     "finished_results",
     "pretrain",
-    "read_predictions",
     "record_failure",
     "run_dir",
     "run_identity",

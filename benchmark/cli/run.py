@@ -184,7 +184,7 @@ def score(predictions: Path, task: str, n_resamples: int, seed: int, reference: 
     from rich.table import Table
 
     from fusebench.metrics import format_ci, score_predictions
-    from fusebench.runner import read_predictions
+    from fusebench.predictions import read_predictions
 
     spec = registry_for_cli().task(task)
     stays, labels, probabilities = read_predictions(predictions, spec)
