@@ -16,28 +16,38 @@ Example:
     True
 """
 
-from fusebench.data.cohorts import CohortView, PreparedData, prepare
-from fusebench.data.discretizer import (
-    DiscretizerConfig,
-    discretize,
-    load_discretizer_config,
-    normalize,
-    normalizer_statistics,
-)
-from fusebench.data.layout import CHEXPERT_LABELS, SPLITS, DataConfig
-from fusebench.data.pairing import pair_images
+from __future__ import annotations
 
-__all__ = [
-    "CHEXPERT_LABELS",
-    "SPLITS",
-    "CohortView",
-    "DataConfig",
-    "DiscretizerConfig",
-    "PreparedData",
-    "discretize",
-    "load_discretizer_config",
-    "normalize",
-    "normalizer_statistics",
-    "pair_images",
-    "prepare",
-]
+import importlib
+from typing import Any
+
+# name -> defining module; imported on first use (PEP 562), so `fusebench data demo`, `data
+# check` and the CLI's option parsing do not pay for torch and pandas until they need them
+_EXPORTS = {
+    "CHEXPERT_LABELS": "layout",
+    "SPLITS": "layout",
+    "CohortView": "cohorts",
+    "DataConfig": "layout",
+    "DiscretizerConfig": "discretizer",
+    "PreparedData": "cohorts",
+    "discretize": "discretizer",
+    "load_discretizer_config": "discretizer",
+    "normalize": "discretizer",
+    "normalizer_statistics": "discretizer",
+    "pair_images": "pairing",
+    "prepare": "cohorts",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -11,11 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fusebench.data.cohorts import prepare
 from fusebench.data.demo import MANIFEST, demo_command, ensure_demo
 from fusebench.data.extract.command import extract_command
 from fusebench.data.layout import SPLITS, DataConfig
-from fusebench.data.prepare_cxr import prepare_cxr
 from fusebench.errors import FusebenchError
 
 __all__ = ["data_config_from_options", "data_group", "data_options"]
@@ -83,6 +81,7 @@ def data_group() -> None:
 def info_command(as_json: bool, task_names: tuple[str, ...], **options: Any) -> None:
     """Stays, positives, paired fraction, cache state and skipped rows per task/split/cohort."""
     from fusebench.cli._common import registry_for_cli
+    from fusebench.data.cohorts import prepare
 
     registry = registry_for_cli()
     config = data_config_from_options(**options)
@@ -128,6 +127,8 @@ def _info_table(summary: dict) -> Table:
               required=True, help="EHR root (its phenotyping val/test listfiles set the split).")
 def prepare_cxr_command(raw: Path, out: Path, ehr_root: Path) -> None:
     """Resize the raw images to width 512 and write mimic-cxr-ehr-split.csv (resumable)."""
+    from fusebench.data.prepare_cxr import prepare_cxr
+
     counts = prepare_cxr(raw, out, ehr_root)
     click.echo(f"{counts['images']} images: {counts['resized']} resized, {counts['skipped']} "
                f"already done; wrote {out / 'mimic-cxr-ehr-split.csv'}")
