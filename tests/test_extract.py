@@ -339,3 +339,65 @@ def test_existing_output_needs_resume(tmp_path: Path) -> None:
     before = (tmp_path / "out" / "ehr" / "phenotyping" / "test_listfile.csv").read_text()
     extract_mimic_iv(raw, tmp_path / "out", progress=False, resume=True)
     assert (tmp_path / "out" / "ehr" / "phenotyping" / "test_listfile.csv").read_text() == before
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "extract.json"}
+
+
+def test_a_failed_stage_resumes_and_leaves_no_half_written_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusebench.data.extract import pipeline
+
+    raw = write_raw_mimic(tmp_path / "raw", "1.0")
+    extract_mimic_iv(raw, tmp_path / "whole", progress=False)
+    written = []
+
+    def dies_after_two_files(path: Path, header: str, lines: list[str]) -> None:
+        if len(written) == 2:  # the two IHM episodes are written; the first phenotyping one dies
+            raise KeyboardInterrupt
+        written.append(path)
+        original_write(path, header, lines)
+
+    original_write = pipeline._write_episode
+    monkeypatch.setattr(pipeline, "_write_episode", dies_after_two_files)
+    with pytest.raises(KeyboardInterrupt):
+        extract_mimic_iv(raw, tmp_path / "out", progress=False)
+    ehr = tmp_path / "out" / "ehr"
+    # Nothing of the unfinished task is in its final place; the finished stages are recorded.
+    assert not (ehr / "phenotyping").exists() and not (ehr / "extract.json").exists()
+    assert (ehr / "in-hospital-mortality" / "test_listfile.csv").is_file()
+    state = json.loads((tmp_path / "out" / ".extract-work" / "state.json").read_text())
+    assert set(state["done"]) == {"cohort", "diagnoses", "chartevents", "labevents",
+                                  "timeseries", "in-hospital-mortality"}
+    with pytest.raises(FusebenchError, match="--resume"):
+        extract_mimic_iv(raw, tmp_path / "out", progress=False)
+    monkeypatch.setattr(pipeline, "_write_episode", original_write)
+    summary = extract_mimic_iv(raw, tmp_path / "out", progress=False, resume=True)
+    assert set(summary.seconds) == {"phenotyping"}  # only the unfinished stage ran again
+    assert _tree(ehr) == _tree(tmp_path / "whole" / "ehr")
+    assert not (tmp_path / "out" / ".extract-work").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = write_raw_mimic(tmp_path / "raw", "2.2")
+    extract_mimic_iv(raw, tmp_path / "whole", progress=False)
+    code = ("from pathlib import Path; from fusebench.data.extract import extract_mimic_iv; "
+            f"extract_mimic_iv(Path({str(raw)!r}), Path({str(tmp_path / 'out')!r}), "
+            "progress=False)")
+    process = subprocess.Popen([sys.executable, "-c", code])
+    state = tmp_path / "out" / ".extract-work" / "state.json"
+    deadline = time.monotonic() + 60
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    extract_mimic_iv(raw, tmp_path / "out", progress=False, resume=True)
+    assert _tree(tmp_path / "out" / "ehr") == _tree(tmp_path / "whole" / "ehr")

@@ -383,14 +383,22 @@ def _filter_events(connection: Any, raw: RawMimic, table: str, subjects: pd.Data
              "itemid": "BIGINT", "charttime": "TIMESTAMP"}
     source = _csv_source(raw, table, types)
     stay = "stay_id" if "stay_id" in raw.headers[table] else "CAST(NULL AS BIGINT)"
-    items = ", ".join(str(i) for i in all_mapped_item_ids())
+    ready = set(variable_map()["itemid"].tolist())
+    items = ", ".join(str(i) for i in sorted(ready))
+    others = ", ".join(str(i) for i in all_mapped_item_ids() if i not in ready)
+    na = ", ".join("'" + text.replace("'", "''") + "'" for text in NA_STRINGS)
     connection.register("cohort_subjects", subjects)
     temporary = target.with_name(f".{target.name}.tmp")
+    # Rows of the benchmark variables, plus the text values of the map's other items: the
+    # original keeps every item of the map file, and a text value of any of them makes pandas
+    # read the subject's events as text (which decides how duplicates compare).
     report.query(connection, f"""
         COPY (SELECT subject_id, hadm_id, {stay} AS stay_id, charttime, itemid, value,
                      lower(valueuom) AS unit
               FROM {source}
-              WHERE itemid IN ({items})
+              WHERE (itemid IN ({items})
+                     OR (itemid IN ({others}) AND TRY_CAST(value AS DOUBLE) IS NULL
+                         AND value IS NOT NULL AND value NOT IN ({na})))
                 AND subject_id IN (SELECT subject_id FROM cohort_subjects))
         TO '{temporary.as_posix()}' (FORMAT parquet, COMPRESSION zstd)
     """, f"reading {raw.paths[table].name}")
@@ -398,8 +406,9 @@ def _filter_events(connection: Any, raw: RawMimic, table: str, subjects: pd.Data
     os.replace(temporary, target)
     kept = connection.execute(f"SELECT count(*) FROM read_parquet('{target.as_posix()}')"
                               ).fetchall()[0][0]
-    report.say(f"  {table}: {kept} rows of mapped items of cohort subjects kept")
-    return {"rows kept (mapped items, cohort subjects)": int(kept)}
+    report.say(f"  {table}: {kept} rows of cohort subjects kept (benchmark items; text values of "
+               "the map's other items)")
+    return {"rows kept (benchmark items of cohort subjects)": int(kept)}
 
 
 def _timeseries(connection: Any, event_files: list[Path], stays: pd.DataFrame, profile: str,
@@ -435,12 +444,13 @@ def _timeseries(connection: Any, event_files: list[Path], stays: pd.DataFrame, p
         ), present AS (
             SELECT *, TRY_CAST(value AS DOUBLE) AS num FROM validated
             WHERE value IS NOT NULL AND value NOT IN ({na})
-        ), typed AS (
+        ), text_subjects AS (
             -- pandas reads a subject's events.csv as text when any value is not a number
-            SELECT *, bool_or(num IS NULL) OVER (PARTITION BY subject_id) AS is_text FROM present
+            SELECT subject_id, bool_or(num IS NULL) AS is_text FROM present GROUP BY subject_id
         ), mapped AS (
-            SELECT t.*, m.variable, lower(m.mimic_label) AS label
-            FROM typed t JOIN variable_map m ON t.itemid = m.itemid
+            SELECT p.*, t.is_text, m.variable, lower(m.mimic_label) AS label
+            FROM present p JOIN text_subjects t USING (subject_id)
+            JOIN variable_map m ON p.itemid = m.itemid
         ), cleaned AS (
             SELECT *, {cleaned_value_sql(profile)} AS cleaned FROM mapped
         ), shown AS (
@@ -450,14 +460,13 @@ def _timeseries(connection: Any, event_files: list[Path], stays: pd.DataFrame, p
             FROM cleaned
         ), kept AS (
             SELECT * FROM shown WHERE shown IS NOT NULL
-        ), ranked AS (
-            SELECT *, row_number() OVER (
-                PARTITION BY subject_id, charttime, variable
-                ORDER BY {numeric} DESC NULLS LAST, {text} DESC NULLS LAST) AS rank
-            FROM kept
+        ), chosen AS (
+            -- one value per (subject, time, variable): the largest by the profile's ordering
+            SELECT subject_id, charttime, variable,
+                   coalesce(arg_max(shown, {numeric}), arg_max(shown, {text})) AS shown
+            FROM kept GROUP BY subject_id, charttime, variable
         ), series AS (
-            SELECT subject_id, charttime, {pivot} FROM ranked WHERE rank = 1
-            GROUP BY subject_id, charttime
+            SELECT subject_id, charttime, {pivot} FROM chosen GROUP BY subject_id, charttime
         ), moments AS (
             SELECT DISTINCT subject_id, charttime, stay_id AS event_stay FROM kept
         )
