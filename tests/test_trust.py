@@ -8,6 +8,7 @@ orphaned temporaries, locks, content fingerprints.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -258,6 +259,8 @@ def test_merge_computes_the_difference_to_the_reference_and_force_keeps_it(tmp_p
     again = next(e for e in forced["entries"] if e["method"] == "my-method")
     assert again["difference_to_reference"] == expected["difference"]
     assert "ΔAUROC vs uni-ehr" in board.with_suffix(".md").read_text()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert board.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # redrawn
 
 
 def test_a_changed_predictions_file_is_a_one_line_error_before_any_difference(tmp_path):
