@@ -74,7 +74,7 @@ def test_scaffold_then_install_then_its_own_tests_and_plugins_check_pass(tmp_pat
     assert tests.returncode == 0 and "1 passed" in tests.stdout, tests.stdout[-2000:]
 
     check = fusebench("plugins", "check", "my-fusion", site=site, cwd=tmp_path)
-    assert "all 16 conformance checks passed" in check.stderr  # 8 checks x 2 tasks
+    assert "all 18 conformance checks passed" in check.stderr  # 9 checks x 2 tasks
     assert "FAIL" not in check.stdout
 
 
