@@ -92,16 +92,37 @@ def test_mmtm_optimizers_own_the_original_parameter_sets_without_its_defect():
 def test_mmtm_training_step_returns_the_joint_loss_and_steps_all_three_optimizers():
     torch.manual_seed(0)
     method = REGISTRY.method("mmtm")
-    model = method.build(small_config(IHM)).train()
+    # No dropout: the joint loss can then be recomputed from the parameters alone.
+    model = method.build(small_config(IHM, dropout=0.0)).train()
     optimizers = build_optimizers(REGISTRY, method, model, {"lr": 1e-3})
     batch = make_batch(IHM_SPEC, 4, cxr_present="all")
-    loss = training_step(REGISTRY, method, model, batch, optimizers)
-    assert all(o.state for o in optimizers)  # each optimizer took a step
     with torch.no_grad():
-        model.eval()
-        assert torch.isfinite(loss) and loss.ndim == 0
-        assert model(batch).shape == (4, 1)
+        joint_before = nn.functional.binary_cross_entropy_with_logits(
+            model.head_logits(batch)["joint"], batch["y"])
+    before = {head: [p.detach().clone() for p in params]
+              for head, params in model.parameter_groups().items()}
+    stepped, joint_at_its_step = [], []
 
+    def recording(index, step):
+        def wrapped(*args, **kwargs):
+            stepped.append(index)
+            if index == 2:  # the joint loss, on the parameters the EHR and CXR steps left
+                with torch.no_grad():
+                    joint_at_its_step.append(nn.functional.binary_cross_entropy_with_logits(
+                        model.head_logits(batch)["joint"], batch["y"]))
+            return step(*args, **kwargs)
+        return wrapped
+
+    for index, optimizer in enumerate(optimizers):
+        optimizer.step = recording(index, optimizer.step)
+    loss = training_step(REGISTRY, method, model, batch, optimizers)
+
+    assert stepped == [0, 1, 2]  # EHR, CXR, joint: one step each, in the original's order
+    for head, params in model.parameter_groups().items():
+        assert any(not torch.equal(p, old) for p, old in zip(params, before[head], strict=True))
+    assert loss.ndim == 0
+    torch.testing.assert_close(loss, joint_at_its_step[0])
+    assert not torch.allclose(loss, joint_before)  # the EHR and CXR steps changed it
 
 
 def test_daft_does_not_build_cnn_layers_after_its_insertion_point():

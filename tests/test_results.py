@@ -155,5 +155,5 @@ def test_markdown_ranks_by_auroc_and_marks_demo(tmp_path):
 def test_result_metrics_must_not_be_nan(tmp_path):
     result = copy.deepcopy(make_result())
     result["metrics"]["auroc"]["macro"]["value"] = float("nan")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"'metrics\.auroc\.macro\.value' is nan: only finite"):
         write_result(tmp_path / "x.json", result)
