@@ -340,3 +340,11 @@ def test_unwritable_home_names_the_folder(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("FUSEBENCH_HOME", str(blocker / "home"))
     _expect_error(lambda: ensure_demo("tiny", progress=False), str(blocker / "home"),
                   "cannot write", "FUSEBENCH_HOME")
+
+
+def test_subject_id_of_the_cxr_metadata_is_checked_as_text(tmp_path: Path) -> None:
+    # A float round trip would pair an image with subject 36000000 (or another, past 2**53).
+    ehr, cxr = make_dataset(tmp_path)
+    _edit_csv(cxr / "mimic-cxr-2.0.0-metadata.csv",
+              lambda f: f.loc.__setitem__((1, "subject_id"), "1.02e2"))
+    _expect(ehr, cxr, tmp_path, "mimic-cxr-2.0.0-metadata.csv line 3", "'subject_id'", "'1.02e2'")

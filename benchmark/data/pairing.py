@@ -43,7 +43,8 @@ def read_cxr_metadata(cxr_root: Path) -> pd.DataFrame:
     path = cxr_root / CXR_FILES["metadata"]
     frame = read_csv_checked(path, ["dicom_id", "subject_id", "study_id", "ViewPosition",
                                     "StudyDate", "StudyTime"], "CXR metadata",
-                             dtype={"dicom_id": str, "ViewPosition": str, "StudyDate": str})
+                             dtype={"dicom_id": str, "subject_id": str, "study_id": str,
+                                    "ViewPosition": str, "StudyDate": str})
     return pd.DataFrame({
         "dicom_id": dicom_ids(frame, path),
         "subject_id": numeric_column(frame, "subject_id", path, integer=True),
