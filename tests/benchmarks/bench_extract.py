@@ -46,6 +46,8 @@ def replicate_raw(raw: Path, out: Path, copies: int, unmapped: int = 0) -> Path:
     """
     import duckdb
 
+    if (out / ".replicated").exists():  # made by an earlier run of this script
+        return out
     if out.exists():
         shutil.rmtree(out)
     shift = {"subject_id": 10_000_000, "hadm_id": 100_000_000, "stay_id": 100_000_000,
@@ -74,6 +76,7 @@ def replicate_raw(raw: Path, out: Path, copies: int, unmapped: int = 0) -> Path:
                                                 columns={{{columns}}}),
                                        range(0, {copies}) r(k), range(0, {padding + 1}) u(j))
             TO '{target}' (FORMAT csv, HEADER, COMPRESSION gzip)""")
+    (out / ".replicated").touch()
     return out
 
 
@@ -163,11 +166,14 @@ def engines(raw: Path, copies: int, work: Path, unmapped: int = 0) -> dict:
     duck = f"""
 import duckdb
 from fusebench.data.extract.resources import all_mapped_item_ids
+import pandas as pd
 c = duckdb.connect(); c.execute("SET threads=2")
-items = ",".join(map(str, all_mapped_item_ids()))
-c.execute(f\"\"\"COPY (SELECT subject_id, hadm_id, stay_id, charttime, itemid, value, valueuom
-   FROM read_csv('{chart}', header=true, all_varchar=true) WHERE CAST(itemid AS BIGINT) IN ({{items}})
-   AND CAST(subject_id AS BIGINT) % 2 = 0) TO '{work}/duck.parquet' (FORMAT parquet)\"\"\")
+items = pd.DataFrame({{"itemid": list(all_mapped_item_ids())}})
+c.register("items", items)
+c.execute(\"\"\"COPY (SELECT subject_id, hadm_id, stay_id, charttime, e.itemid, value, valueuom
+   FROM read_csv('{chart}', header=true, all_varchar=true) e
+   JOIN items i ON CAST(e.itemid AS BIGINT) = i.itemid
+   WHERE CAST(subject_id AS BIGINT) % 2 = 0) TO '{work}/duck.parquet' (FORMAT parquet)\"\"\")
 """
     polars = f"""
 import os; os.environ["POLARS_MAX_THREADS"] = "2"

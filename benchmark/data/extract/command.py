@@ -44,6 +44,15 @@ def extract_command(mimic_iv: Path, out: Path, profile: str, resume: bool, memor
     click.echo(f"wrote {out / 'ehr'} (summary in {out / 'ehr' / 'extract.json'})")
 
 
+def _count_text(value: object) -> str:
+    """A count, or a cohort step's stays (admissions, subjects in the JSON), or key/value pairs."""
+    if not isinstance(value, dict):
+        return str(value)
+    if "stays" in value:
+        return f"{value['stays']} stays"
+    return ", ".join(f"{key} {item}" for key, item in value.items())
+
+
 def _table(summary: ExtractSummary) -> Table:
     table = Table(title=f"MIMIC-IV {summary.version} -> fusebench EHR root "
                         f"(profile {summary.profile})")
@@ -51,7 +60,6 @@ def _table(summary: ExtractSummary) -> Table:
         table.add_column(column)
     for stage, counts in summary.counts.items():
         seconds = summary.seconds.get(stage)
-        shown = "; ".join(f"{k}: {v['stays'] if isinstance(v, dict) and 'stays' in v else v}"
-                          for k, v in counts.items())
+        shown = "; ".join(f"{name}: {_count_text(value)}" for name, value in counts.items())
         table.add_row(stage, "resumed" if seconds is None else f"{seconds:.1f}", shown)
     return table

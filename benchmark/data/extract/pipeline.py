@@ -47,6 +47,7 @@ from fusebench.data.extract.resources import (
 from fusebench.data.extract.sql import (
     CATEGORICAL,
     CHANNELS,
+    CLEANED,
     NA_STRINGS,
     cleaned_value_sql,
     dedupe_key_sql,
@@ -152,7 +153,9 @@ def _connect(work: Path, memory_limit: str, threads: int) -> Any:
     connection.execute(f"SET threads={int(threads)}")
     connection.execute(f"SET temp_directory='{(work / 'spill').as_posix()}'")
     connection.execute("SET preserve_insertion_order=false")
-    connection.execute("SET enable_progress_bar=false")
+    # Progress is tracked (query_progress feeds our bars with ETA) but never printed by duckdb.
+    connection.execute("SET enable_progress_bar=true")
+    connection.execute("SET enable_progress_bar_print=false")
     return connection
 
 
@@ -382,27 +385,30 @@ def _filter_events(connection: Any, raw: RawMimic, table: str, subjects: pd.Data
     types = {"subject_id": "BIGINT", "hadm_id": "BIGINT", "stay_id": "BIGINT",
              "itemid": "BIGINT", "charttime": "TIMESTAMP"}
     source = _csv_source(raw, table, types)
-    stay = "stay_id" if "stay_id" in raw.headers[table] else "CAST(NULL AS BIGINT)"
+    stay = "e.stay_id" if "stay_id" in raw.headers[table] else "CAST(NULL AS BIGINT)"
     ready = set(variable_map()["itemid"].tolist())
-    items = ", ".join(str(i) for i in sorted(ready))
-    others = ", ".join(str(i) for i in all_mapped_item_ids() if i not in ready)
+    # Joined, not an IN list: 13,000 constants would be compared one by one for every row.
+    wanted = pd.DataFrame({"itemid": list(all_mapped_item_ids())})
+    wanted["ready"] = wanted["itemid"].isin(ready)
     na = ", ".join("'" + text.replace("'", "''") + "'" for text in NA_STRINGS)
     connection.register("cohort_subjects", subjects)
+    connection.register("wanted_items", wanted)
     temporary = target.with_name(f".{target.name}.tmp")
     # Rows of the benchmark variables, plus the text values of the map's other items: the
     # original keeps every item of the map file, and a text value of any of them makes pandas
     # read the subject's events as text (which decides how duplicates compare).
     report.query(connection, f"""
-        COPY (SELECT subject_id, hadm_id, {stay} AS stay_id, charttime, itemid, value,
-                     lower(valueuom) AS unit
-              FROM {source}
-              WHERE (itemid IN ({items})
-                     OR (itemid IN ({others}) AND TRY_CAST(value AS DOUBLE) IS NULL
-                         AND value IS NOT NULL AND value NOT IN ({na})))
-                AND subject_id IN (SELECT subject_id FROM cohort_subjects))
+        COPY (SELECT e.subject_id, e.hadm_id, {stay} AS stay_id, e.charttime, e.itemid, e.value,
+                     lower(e.valueuom) AS unit
+              FROM {source} e
+              JOIN wanted_items w ON e.itemid = w.itemid
+              JOIN cohort_subjects c ON e.subject_id = c.subject_id
+              WHERE w.ready OR (TRY_CAST(e.value AS DOUBLE) IS NULL AND e.value IS NOT NULL
+                                AND e.value NOT IN ({na})))
         TO '{temporary.as_posix()}' (FORMAT parquet, COMPRESSION zstd)
     """, f"reading {raw.paths[table].name}")
     connection.unregister("cohort_subjects")
+    connection.unregister("wanted_items")
     os.replace(temporary, target)
     kept = connection.execute(f"SELECT count(*) FROM read_parquet('{target.as_posix()}')"
                               ).fetchall()[0][0]
@@ -432,6 +438,7 @@ def _timeseries(connection: Any, event_files: list[Path], stays: pd.DataFrame, p
     report.say("  validate: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     numeric, text = dedupe_key_sql(profile)
     categorical = ", ".join(f"'{c}'" for c in sorted(CATEGORICAL))
+    cleaned_names = ", ".join(f"'{c}'" for c in sorted(CLEANED))
     pivot = ", ".join(
         f"max(CASE WHEN variable = '{c}' THEN shown END) AS \"{c}\"" for c in CHANNELS)
     temporary = target.with_name(f".{target.name}.tmp")
@@ -454,8 +461,12 @@ def _timeseries(connection: Any, event_files: list[Path], stays: pd.DataFrame, p
         ), cleaned AS (
             SELECT *, {cleaned_value_sql(profile)} AS cleaned FROM mapped
         ), shown AS (
+            -- as the original writes them: the table's text where pandas kept text (categorical
+            -- channels; uncleaned numeric channels of a text subject), else the number
             SELECT *, CASE WHEN variable IN ({categorical})
                            THEN (CASE WHEN is_text THEN value ELSE CAST(num AS VARCHAR) END)
+                           WHEN is_text AND variable NOT IN ({cleaned_names})
+                           THEN (CASE WHEN cleaned IS NOT NULL THEN value END)
                            ELSE CAST(cleaned AS VARCHAR) END AS shown
             FROM cleaned
         ), kept AS (
