@@ -65,6 +65,7 @@ from fusebench.steps import (
     build_optimizers,
     default_optimizers,
     default_training_step,
+    trainable_parameter_count,
     training_step,
 )
 from fusebench.train import HISTORY_FILES, fit, predict, save_history
@@ -407,7 +408,7 @@ def _train_and_record(registry: Registry, request: RunRequest, data: Any, folder
     )
     model.load_state_dict(outcome.best_state)
     save_history(outcome.history, folder, title=f"{method.name} {task.name} ({cohort})")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = trainable_parameter_count(model)
 
     def record(test_cohort: str, view: Any, probabilities: np.ndarray,
                labels: np.ndarray) -> dict[str, Any]:

@@ -26,7 +26,12 @@ from torch import nn
 from fusebench.errors import PluginError
 from fusebench.registry import Registry, load_registry
 from fusebench.specs import MethodSpec, ModelConfig, TaskSpec
-from fusebench.steps import build_model, build_optimizers, training_step
+from fusebench.steps import (
+    build_model,
+    build_optimizers,
+    trainable_parameter_count,
+    training_step,
+)
 
 __all__ = [
     "CheckResult",
@@ -60,11 +65,6 @@ class CheckResult:
     reason: str = ""
     traceback: str = ""
     blocked_by: str = ""
-
-
-def trainable_parameter_count(model: nn.Module) -> int:
-    """Number of parameters with ``requires_grad`` (what the parameter-count table reports)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def parameter_count_on_meta(method: MethodSpec, task: TaskSpec) -> int:
