@@ -15,8 +15,9 @@ Model (the code's ``DrFuseModel``):
   and projected to ``hidden_size``; the distinct feature has its own head (the CXR prediction).
   Randomly initialised, as the code (ImageNet ResNet34 weights do not apply).
 - Both shared features go through one shared MLP (h -> 2h -> h -> h, ReLU); they are fused by
-  logit pooling, ``log((2 e^(a+b) + e^a + e^b) / (2 + e^a + e^b))`` elementwise, for stays with
-  an image, and the EHR one is used alone otherwise; the fused feature has its own head.
+  logit pooling, ``log((2 e^(a+b) + e^a + e^b) / (2 + e^a + e^b))`` elementwise (the logit of
+  the mean of sigmoid(a) and sigmoid(b)), for stays with an image, and the EHR one is used alone
+  otherwise; the fused feature has its own head.
 - Disease-wise attention: one Linear maps each of the three tokens (EHR distinct, fused shared,
   CXR distinct) to a query, a value and one key per label; the query is the mean over the
   tokens present; per label, a softmax over the tokens' keys (the CXR token masked out for stays
@@ -40,7 +41,8 @@ Deliberate differences from the code (its defects are not copied):
   (including the zero placeholders' features) but divides by the number with an image.
 - The code's CXR trunks end on a Linear applied to the 4-d feature map, which cannot run (it
   raises a shape error); the global average pool a ResNet has before its ``fc`` is added.
-- The code builds a ``domain_classifier`` that its forward never uses; it is not built here.
+- The code builds a ``domain_classifier`` and an ``ehr_model_linear`` that its forward never
+  uses; they are not built here.
 - Its probability-space BCE and ``log(sigmoid)`` are computed from logits (same values,
   no overflow to -inf for large negative features).
 """
@@ -101,7 +103,8 @@ TOKENS = ("ehr", "shared", "cxr")  # order of the attention's tokens (the code's
 
 def logit_pooling(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """DrFuse's elementwise fusion of two shared features a, b:
-    ``log((2 e^(a+b) + e^a + e^b) / (2 + e^a + e^b))``, computed with logsumexp."""
+    ``log((2 e^(a+b) + e^a + e^b) / (2 + e^a + e^b))``, computed with logsumexp; it equals
+    ``logit((sigmoid(a) + sigmoid(b)) / 2)``."""
     both = first + second
     numerator = torch.stack([both, both, first, second], dim=-1)
     denominator = torch.stack([torch.zeros_like(first), torch.zeros_like(first), first, second],
