@@ -407,7 +407,8 @@ def _train_and_record(registry: Registry, request: RunRequest, data: Any, folder
         description=f"{method.name} {task.name} ({cohort})",
     )
     model.load_state_dict(outcome.best_state)
-    save_history(outcome.history, folder, title=f"{method.name} {task.name} ({cohort})")
+    # NaN (a validation set with one class, a diverged loss) is null in JSON.
+    save_history(_jsonable(outcome.history), folder, title=f"{method.name} {task.name} ({cohort})")
     trainable = trainable_parameter_count(model)
 
     def record(test_cohort: str, view: Any, probabilities: np.ndarray,
