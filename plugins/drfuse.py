@@ -167,7 +167,8 @@ class DrFuse(nn.Module):
 
         Returns:
             ``feat_{ehr,cxr}_{shared,distinct}`` (B, hidden) (shared ones after the shared MLP;
-            CXR ones zero for stays without an image), ``has_cxr`` (B,) bool, logits (B, C)
+            for stays without an image the CXR ones come from a zero feature and no output or
+            loss uses them), ``has_cxr`` (B,) bool, logits (B, C)
             ``final``, ``ehr``, ``cxr``, ``shared``, and ``attention`` (B, C, 3): each label's
             weights over the EHR, shared and CXR tokens.
         """
