@@ -401,3 +401,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     process.wait()
     extract_mimic_iv(raw, tmp_path / "out", progress=False, resume=True)
     assert _tree(tmp_path / "out" / "ehr") == _tree(tmp_path / "whole" / "ehr")
+
+
+def test_a_truncated_table_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    raw = write_raw_mimic(tmp_path / "raw", "1.0")
+    path = raw / "icu" / "chartevents.csv.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FusebenchError, match=r"chartevents.csv.gz: .*re-download") as error:
+        extract_mimic_iv(raw, tmp_path / "out", progress=False)
+    assert "\n" not in str(error.value)

@@ -207,14 +207,20 @@ class _Reporter:
         worker = threading.Thread(target=run, daemon=True)
         with self.bar(description) as update:
             worker.start()
-            while worker.is_alive():
-                worker.join(0.25)
-                try:
-                    percent = connection.query_progress()
-                except Exception:  # progress is advisory; never fail the query on it
-                    percent = -1
-                if percent is not None and percent >= 0:
-                    update(min(float(percent), 100.0))
+            try:
+                while worker.is_alive():
+                    worker.join(0.25)
+                    try:
+                        percent = connection.query_progress()
+                    except Exception:  # progress is advisory; never fail the query on it
+                        percent = -1
+                    if percent is not None and percent >= 0:
+                        update(min(float(percent), 100.0))
+            except KeyboardInterrupt:
+                # Ctrl-C lands in this thread: stop the query too, so the connection closes.
+                connection.interrupt()
+                worker.join()
+                raise
         if error:
             raise _engine_error(error[0], description) from error[0]
 
@@ -224,6 +230,10 @@ def _engine_error(error: BaseException, what: str) -> FusebenchError:
     if "No space left" in text:
         return FusebenchError(f"{what}: disk full ({text}); free disk space and rerun with "
                               "--resume")
+    if "GZIP" in text or "CSV Error" in text:
+        return FusebenchError(f"{what}: {text}; the file is damaged or truncated: re-download it "
+                              "from PhysioNet (or check it against SHA256SUMS.txt), then rerun "
+                              "with --resume")
     return FusebenchError(f"{what}: {text}")
 
 
@@ -406,7 +416,7 @@ def _filter_events(connection: Any, raw: RawMimic, table: str, subjects: pd.Data
               WHERE w.ready OR (TRY_CAST(e.value AS DOUBLE) IS NULL AND e.value IS NOT NULL
                                 AND e.value NOT IN ({na})))
         TO '{temporary.as_posix()}' (FORMAT parquet, COMPRESSION zstd)
-    """, f"reading {raw.paths[table].name}")
+    """, f"reading {raw.paths[table]}")
     connection.unregister("cohort_subjects")
     connection.unregister("wanted_items")
     os.replace(temporary, target)
