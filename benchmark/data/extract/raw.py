@@ -13,6 +13,7 @@ provider ids and ``caregiver_id``).
 
 from __future__ import annotations
 
+import csv
 import gzip
 import re
 from dataclasses import dataclass
@@ -118,9 +119,10 @@ def _lab_item_ids(path: Path, header: tuple[str, ...]) -> set[int]:
     opener = gzip.open if path.name.endswith(".gz") else open
     ids: set[int] = set()
     with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        next(handle, None)
-        for line in handle:
-            cell = line.split(",", column + 1)[column].strip().strip('"')
+        rows = csv.reader(handle)  # labels hold quoted commas ("Glucose, Urine")
+        next(rows, None)
+        for row in rows:
+            cell = row[column].strip() if len(row) > column else ""
             if cell.isdigit():
                 ids.add(int(cell))
     return ids
