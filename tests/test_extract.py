@@ -411,3 +411,24 @@ def test_a_truncated_table_is_a_one_line_error_naming_it(tmp_path: Path) -> None
     with pytest.raises(FusebenchError, match=r"chartevents.csv.gz: .*re-download") as error:
         extract_mimic_iv(raw, tmp_path / "out", progress=False)
     assert "\n" not in str(error.value)
+
+
+def test_cli_json_summary_and_one_line_refusal(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fusebench.cli import cli
+
+    raw = write_raw_mimic(tmp_path / "raw", "1.0")
+    result = CliRunner().invoke(cli, ["data", "extract", "--mimic-iv", str(raw), "--out",
+                                      str(tmp_path / "out"), "--profile", "corrected", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["mimic_iv_version"] == "1.0" and summary["profile"] == "corrected"
+    assert summary["counts"]["phenotyping"]["test stays"] == 1
+    rows = _rows("3.1")
+    rows["d_labitems"] = [{"itemid": 52000, "label": "x"}]
+    v30 = write_raw_mimic(tmp_path / "v30", "3.1", rows=rows)
+    refused = CliRunner().invoke(cli, ["data", "extract", "--mimic-iv", str(v30), "--out",
+                                       str(tmp_path / "out30")])
+    assert refused.exit_code != 0
+    assert "v3.1" in str(refused.exception) and "\n" not in str(refused.exception).strip()
