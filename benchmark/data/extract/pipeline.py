@@ -126,13 +126,8 @@ class _Stages:
 
     def mark(self, stage: str, counts: dict[str, Any]) -> None:
         self.done[stage] = counts
-        _write_text(self.path, json.dumps({"fingerprint": self.fingerprint, "done": self.done},
-                                          indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Whole file or nothing (fusebench.fileio: unique temporary, fsync, umask, orphans removed)."""
-    atomic_write_text(path, text)
+        state = {"fingerprint": self.fingerprint, "done": self.done}
+        atomic_write_text(self.path, json.dumps(state, indent=1))
 
 
 def _fingerprint(raw: RawMimic, profile: str) -> dict[str, Any]:
@@ -346,7 +341,7 @@ def _write_all_stays(stays: pd.DataFrame, raw: RawMimic, path: Path) -> None:
                "mortality_inunit", "mortality", "mortality_inhospital"]
     path.parent.mkdir(parents=True, exist_ok=True)
     ordered = stays.sort_values("stay_id", kind="stable")
-    _write_text(path, ordered[columns].to_csv(index=False))
+    atomic_write_text(path, ordered[columns].to_csv(index=False))
 
 
 def _diagnoses(connection: Any, raw: RawMimic, stays: pd.DataFrame, profile: str,
@@ -648,7 +643,7 @@ def extract_mimic_iv(raw_root: Path, out: Path, *, profile: str = "medfuse-2022"
         _run_stages(connection, raw, profile, ehr, work, stages, summary, report)
     finally:
         connection.close()
-    _write_text(ehr / "extract.json", json.dumps(summary.as_json(), indent=2) + "\n")
+    atomic_write_text(ehr / "extract.json", json.dumps(summary.as_json(), indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return summary
 
