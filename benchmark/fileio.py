@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ def _current_umask() -> int:
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate it there: treat it as running
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,14 +72,12 @@ def _process_alive(pid: int) -> bool:
 def remove_orphaned_temporaries(path: Path) -> list[Path]:
     """Remove the temporary files that killed writers of ``path`` left beside it.
 
-    A temporary file of this machine is an orphan when its process no longer runs; one of another
-    machine when it is older than a day.
+    A temporary file of this machine is an orphan when its process no longer runs (on Windows,
+    where that cannot be asked safely, and for another machine's: when it is older than a day).
 
     Returns:
         The files removed.
     """
-    import time
-
     path = Path(path)
     removed = []
     for candidate in path.parent.glob(f".{path.name}.*.tmp"):
@@ -85,10 +86,11 @@ def remove_orphaned_temporaries(path: Path) -> list[Path]:
             continue  # not ours
         host, pid = parts[0], int(parts[1])
         try:
-            if host == _HOST:
-                orphan = pid != os.getpid() and not _process_alive(pid)
+            old = time.time() - candidate.stat().st_mtime > _FOREIGN_ORPHAN_SECONDS
+            if host == _HOST and pid != os.getpid():
+                orphan = not _process_alive(pid) or (os.name == "nt" and old)
             else:
-                orphan = time.time() - candidate.stat().st_mtime > _FOREIGN_ORPHAN_SECONDS
+                orphan = host != _HOST and old
             if orphan:
                 candidate.unlink()
                 removed.append(candidate)
@@ -117,9 +119,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f"cannot write {path}: {error.strerror}; choose a writable folder with --out"
         ) from error
     try:
-        # O_CREAT applied the umask already; fchmod states it for file systems that ignore it.
-        with contextlib.suppress(OSError):
-            os.fchmod(handle, 0o666 & ~_current_umask())
+        # O_CREAT applied the umask already; fchmod states it for file systems that ignore it
+        # (POSIX only: Windows has no such modes).
+        if hasattr(os, "fchmod") and os.name != "nt":
+            with contextlib.suppress(OSError):
+                os.fchmod(handle, 0o666 & ~_current_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
