@@ -139,8 +139,9 @@ def _fingerprint(raw: RawMimic, profile: str) -> dict[str, Any]:
 def _connect(work: Path, memory_limit: str, threads: int) -> Any:
     try:
         import duckdb
+        import yaml  # noqa: F401  (the phenotype definitions are YAML)
     except ImportError as error:
-        raise FusebenchError("fusebench data extract needs duckdb: pip install "
+        raise FusebenchError(f"fusebench data extract needs {error.name}: pip install "
                              "'fusebench[extract]'") from error
     connection = duckdb.connect(str(work / "extract.duckdb"))
     (work / "spill").mkdir(exist_ok=True)
