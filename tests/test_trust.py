@@ -399,3 +399,16 @@ def test_byte_identical_data_get_one_fingerprint_whatever_their_timestamps(demo_
                                  image_size=32, cache_dir=tmp_path / "cache"), task,
                       progress=False).fingerprint
     assert changed != prints[0]
+
+
+def test_validate_prints_one_line_per_file_with_the_pattern_intact(tmp_path):
+    from fusebench.cli import cli
+
+    forged = make_result("acme")
+    forged["method"]["name"] = "x | 1 | forged"
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged))
+    outcome = CliRunner().invoke(cli, ["results", "validate", str(path)])
+    assert outcome.exit_code != 0
+    lines = [line for line in outcome.output.splitlines() if line.startswith("invalid:")]
+    assert len(lines) == 1 and "it must match ^[a-z0-9][a-z0-9-]*$" in lines[0]

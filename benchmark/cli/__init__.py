@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import click
+from rich.markup import escape
 
 from fusebench import __version__
 from fusebench.cli._common import err_console
@@ -90,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except FusebenchError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # escape: a message naming a pattern such as [a-z0-9] must not be read as markup
+        err_console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         summary = str(error).splitlines()[0] if str(error) else ""
         err_console.print(
-            f"[red]internal error:[/] {type(error).__name__}: {summary} "
+            f"[red]internal error:[/] {type(error).__name__}: {escape(summary)} "
             "(rerun with --debug for the traceback and report it)",
             highlight=False,
             soft_wrap=True,

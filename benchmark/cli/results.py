@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from fusebench.cli._common import console, err_console
 from fusebench.errors import FusebenchError
@@ -31,8 +32,10 @@ def results_validate(files: Sequence[Path]) -> None:
             read_result(path)
         except FusebenchError as error:
             bad += 1
-            err_console.print(f"[red]invalid:[/] {error}", highlight=False)
+            err_console.print(f"[red]invalid:[/] {escape(str(error))}", highlight=False,
+                              soft_wrap=True)
         else:
-            console.print(f"[green]valid:[/] {path}", highlight=False)
+            console.print(f"[green]valid:[/] {escape(str(path))}", highlight=False,
+                          soft_wrap=True)
     if bad:
         raise FusebenchError(f"{bad} of {len(files)} result files are invalid")
