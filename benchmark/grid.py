@@ -131,11 +131,15 @@ def run_grid(
                       data_config, plugins=extra_plugins())
         identity = run_identity(job.request, registry.method(entry.method),
                                 registry.task(entry.task), data[entry.task])
-        if finished_results(_folder(registry, job, data), identity):
+        folder = _folder(registry, job, data)
+        if finished_results(folder, identity):
             console.print(f"[dim]done already:[/] {job.label}", highlight=False)
             counts["reused"] += 1
-        else:
-            jobs.append(job)
+            continue
+        if finished_results(folder):
+            console.print(f"[yellow]settings changed:[/] {job.label} runs again (its results "
+                          "were computed with other settings or data)", highlight=False)
+        jobs.append(job)
     stage_jobs = _stage_jobs(registry, jobs)
     with make_progress(console) as display:
         settings = dataclasses.replace(settings or ExecutorSettings(), display=display)

@@ -98,6 +98,7 @@ def test_the_grid_reruns_entries_whose_settings_changed_and_keeps_the_old_entrie
     assert status == 0 and "grid: 1 reused, 0 run, 0 failed, 0 lost" in err, err
     status, err = command(capsys, *grid_args(demo_tiny_root, tmp_path, "ok-ehr", "--epochs", 2))
     assert status == 0 and "grid: 0 reused, 1 run, 0 failed, 0 lost" in err, err
+    assert "settings changed:" in err
     board = load_leaderboard(board_path)
     assert {e["result"]["identity"]["fields"]["overrides"]["epochs"]
             for e in board["entries"]} == {2}
