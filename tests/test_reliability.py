@@ -145,6 +145,7 @@ def result_bytes(folder: Path) -> dict[str, bytes]:
 # --- a killed grid -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kill", ["during-training", "during-leaderboard-write"])
+@pytest.mark.slow
 def test_killed_grid_keeps_leaderboard_and_finished_results_then_resumes(demo_tiny_root,
                                                                         tmp_path, capsys, kill):
     """ok-ehr (1 entry) then kill-ehr (partial, paired). The grid dies in its 2nd entry's epoch,
@@ -217,6 +218,7 @@ def _blocked_on_flock(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="needs Linux /proc/PID/wchan")
+@pytest.mark.slow
 def test_concurrent_merge_commands_wait_for_the_lock_and_keep_every_entry(tmp_path):
     """Two `leaderboard merge` processes are made to overlap for certain: the test holds the
     leaderboard's lock until both are blocked on it, and meanwhile adds an entry itself, which a
@@ -257,6 +259,7 @@ def test_concurrent_merge_commands_wait_for_the_lock_and_keep_every_entry(tmp_pa
     assert all(name in markdown for name in methods)
 
 
+@pytest.mark.slow
 def test_two_grids_at_once_on_one_leaderboard_keep_both(demo_tiny_root, tmp_path):
     """Two grid processes with their own run folders write the same leaderboard at the same
     time (and build the same data cache at the same time)."""
@@ -296,6 +299,7 @@ def test_full_disk_while_merging_leaves_the_leaderboard_intact_and_says_what_to_
 
 # --- damaged and interrupted checkpoints -------------------------------------------------------
 
+@pytest.mark.slow
 def test_damaged_checkpoint_met_by_resume_is_one_line_with_the_way_out(demo_tiny_root, tmp_path,
                                                                        capsys):
     args = run_args(demo_tiny_root, tmp_path, "kill-ehr", "--epochs", "2")
@@ -316,6 +320,7 @@ def test_damaged_checkpoint_met_by_resume_is_one_line_with_the_way_out(demo_tiny
     assert len([read_result(p) for p in checkpoint.parent.glob("result-*.json")]) == 2
 
 
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint_then_resume_matches_an_uninterrupted_run(
         demo_tiny_root, tmp_path, capsys):
     """Killed between the checkpoint's checksum file and its data (epoch 2's save): the epoch 1
