@@ -397,6 +397,8 @@ def merge_result(path: Path, result_file: Path, *, force: bool = False,
     sha = result["predictions"]["sha256"]
     if predictions_file.exists():
         verify_predictions(predictions_file, sha)
+        if task is not None:
+            _check_values(result, result_file, predictions_file, task)
     with file_lock(path):
         board = load_leaderboard(path)
         if board is None:
@@ -439,6 +441,30 @@ def merge_result(path: Path, result_file: Path, *, force: bool = False,
 
         save_forest_plot(board, path.with_suffix(".png"))
     return board
+
+
+def _check_values(result: Mapping[str, Any], result_file: Path, predictions: Path,
+                  task: TaskSpec) -> None:
+    """The result's macro AUROC and AUPRC must be those of its predictions.
+
+    Raises:
+        FusebenchError: a value that its predictions do not give (one line).
+    """
+    _, labels, probabilities = read_predictions(predictions, task)
+    if len(labels) != result["test_cohort"]["n"]:
+        raise FusebenchError(f"{result_file}: test_cohort.n {result['test_cohort']['n']} but "
+                             f"{predictions.name} holds {len(labels)} stays")
+    # Point estimates do not depend on the resamples: a few suffice.
+    scores = score_predictions(labels, probabilities, task.labels, n_resamples=10,
+                               seed=BOOTSTRAP_SEED)
+    for metric in ("auroc", "auprc"):
+        claimed = result["metrics"][metric]["macro"]["value"]
+        actual = scores[metric]["macro"]["value"]
+        if (claimed is None) != (actual is None) or (
+                claimed is not None and abs(claimed - actual) > 1e-9):
+            raise FusebenchError(
+                f"{result_file}: metrics.{metric}.macro.value {claimed} is not what its "
+                f"predictions give ({actual}); submit the files `fusebench run` wrote, unchanged")
 
 
 def _write(path: Path, board: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ A result file describes one trained method evaluated on one test cohort. It is J
 pickled), carries ``schema_version``, and is validated before it is written and after it is read
 against the JSON Schema shipped with the package (``fusebench/schemas/result.schema.json``: types,
 ranges, name patterns, size limits) plus the rules a schema cannot state (finite numbers only,
-every interval ordered and containing its value). ``fusebench results validate``, ``leaderboard
+every interval ordered). An interval need not contain its value: a percentile bootstrap interval
+of AUPRC can lie above the point estimate on small test sets (resamples with repeated positives
+score higher). ``leaderboard merge`` checks the values against the result's predictions instead. ``fusebench results validate``, ``leaderboard
 merge`` and every leaderboard rebuild use the same :func:`validate_result`.
 
 Example:
@@ -113,14 +115,12 @@ def _intervals(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def _interval_errors(where: str, entry: Mapping[str, Any]) -> list[str]:
-    value, ci = entry["value"], entry["ci"]
+    ci = entry["ci"]
     if ci is None:
         return []
     low, high = ci
     if low > high + _TOLERANCE:
         return [f"'{where}.ci' is [{low}, {high}]: the interval must be [low, high] with low <= high"]
-    if value is not None and not low - _TOLERANCE <= value <= high + _TOLERANCE:
-        return [f"'{where}.value' {value} lies outside its interval [{low}, {high}]"]
     return []
 
 
@@ -128,8 +128,8 @@ def validate_result(result: Any) -> list[str]:
     """Every violation of the result schema in ``result`` as a readable line (empty: valid).
 
     The shipped JSON Schema states types, ranges (metrics and interval ends in [0, 1], counts
-    positive), name patterns and size limits; this adds finite numbers only and intervals
-    ordered and containing their value.
+    positive), name patterns and size limits; this adds finite numbers only and ordered
+    intervals.
     """
     if not isinstance(result, dict):
         return ["a result must be a JSON object"]
