@@ -154,7 +154,7 @@ def projection(records: list[dict]) -> dict:
     return {"fit": {"cpu_seconds_per_million_rows": round(float(slope) * 1e6, 3),
                     "fixed_cpu_seconds": round(float(intercept), 2)},
             "full_scale_rows": full_rows,
-            "projected_full_scale_cpu_minutes": round((intercept + slope * full_rows) / 60, 1),
+            "projected_full_scale_cpu_minutes": round(float(intercept + slope * full_rows) / 60, 1),
             "largest_run_peak_rss_gib": max(r["peak_rss_gib"] for r in records)}
 
 
