@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from fusebench.data.extract.pipeline import PROFILES, ExtractSummary, extract_mimic_iv
+from fusebench.data.extract.profiles import PROFILES
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from fusebench.data.extract.pipeline import ExtractSummary
 
 __all__ = ["extract_command"]
 
@@ -35,6 +39,10 @@ _PROFILE_HELP = " ".join(
 def extract_command(mimic_iv: Path, out: Path, profile: str, resume: bool, memory_limit: str,
                     as_json: bool, progress: bool) -> None:
     """Extract the benchmark EHR files (listfiles, episode CSVs) from raw MIMIC-IV."""
+    from rich.console import Console
+
+    from fusebench.data.extract.pipeline import extract_mimic_iv
+
     summary = extract_mimic_iv(mimic_iv, out, profile=profile, resume=resume,
                                progress=progress and not as_json, memory_limit=memory_limit)
     if as_json:
@@ -54,6 +62,8 @@ def _count_text(value: object) -> str:
 
 
 def _table(summary: ExtractSummary) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"MIMIC-IV {summary.version} -> fusebench EHR root "
                         f"(profile {summary.profile})")
     for column in ("stage", "seconds", "counts"):
