@@ -314,6 +314,7 @@ def _plot_history(history: list[dict[str, Any]], path: Path, title: str) -> bool
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
 
@@ -336,6 +337,7 @@ def _plot_history(history: list[dict[str, Any]], path: Path, title: str) -> bool
     axes[2].set_title("learning rate")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best is not None:
             ax.axvline(best, color="grey", linestyle=":", linewidth=1)
     axes[0].legend()
