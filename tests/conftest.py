@@ -25,6 +25,21 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     return home
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> None:
+    """Run torch on one intra-op thread in the test process.
+
+    The tests' tensors are tiny (batches of 4, 16-32 px images), so a second thread saves little,
+    while its OpenMP workers spin whenever the cores are busy elsewhere (other tests' child
+    processes, other users): on the shared 2-core machine ``check_method`` of ``late`` for one
+    task took 27.9 s CPU / 54.9 s wall with torch's default 2 threads and 2.7 s / 5.2 s with one.
+    Child processes (CLI runs, torchrun) keep torch's default.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def demo_tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated tiny demo dataset (seed 0): ``root/ehr`` and ``root/cxr``. Do not modify it."""
