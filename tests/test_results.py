@@ -129,6 +129,7 @@ def _merge_in_child(board: str, result: str) -> None:
     merge_result(Path(board), Path(result))
 
 
+@pytest.mark.slow  # six spawned processes, each importing torch (48 s wall on the shared machine)
 def test_concurrent_merges_keep_both_entries(tmp_path):
     board = tmp_path / "board.json"
     files = [_write(tmp_path, f"r{i}.json", make_result(f"method-{i}")) for i in range(6)]
