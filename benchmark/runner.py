@@ -28,6 +28,7 @@ other ranks; ``training.world_size`` in the result records how many ranks traine
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -294,9 +295,10 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
     """The weights of the pretraining stages ``request.method`` lists, each computed once.
 
     A stage's weights are cached under ``{out}/stages/{data fingerprint}/`` (for a stage shared
-    by all tasks, ``{out}/stages/images-{radiology fingerprint}/``) by stage, stage config,
-    preset, overrides, seed, image size and ImageNet weights (not by method), so every method of
-    a grid that lists the stage reuses the first computation.
+    by all tasks, ``{out}/stages/images-{radiology fingerprint}/``) by stage, stage config and
+    version, the preset's settings, overrides, seed, image size and ImageNet weights (not by
+    method; see :func:`stage_weights_path`), so every method of a grid that lists the stage
+    reuses the first computation.
 
     Args:
         registry: plugins.
@@ -313,12 +315,7 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
     weights = {}
     for name in method.pretraining if stages is None else stages:
         stage = registry.stage(name)
-        key = json.dumps({"stage": stage.name, "config": stage.config, "preset": request.preset,
-                          "overrides": dict(request.overrides), "seed": request.seed,
-                          "image_size": base.image_size, "cxr_weights": str(request.cxr_weights)},
-                         sort_keys=True, default=str)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        path = Path(request.out) / "stages" / _stage_data_folder(stage, data) / f"{name}-{digest}.pt"
+        path = stage_weights_path(stage, request, data, base.image_size)
         cached = distributed.from_main(load_checkpoint_if_exists, path)
         if cached is not None:
             weights[name] = cached
@@ -329,6 +326,20 @@ def pretrain(registry: Registry, request: RunRequest, data: Any, *,
         distributed.from_main(save_checkpoint, path, state)
         weights[name] = state
     return weights
+
+
+def stage_weights_path(stage: PretrainingStage, request: RunRequest, data: Any,
+                       image_size: int) -> Path:
+    """Where ``stage``'s weights for ``request`` are cached: keyed by everything they depend on."""
+    # the preset's contents, not its name: a preset whose settings change must not reuse
+    # weights trained with the old ones
+    key = json.dumps({"stage": stage.name, "config": stage.config, "version": stage.version,
+                      "preset": dataclasses.asdict(get_preset(request.preset)),
+                      "overrides": dict(request.overrides), "seed": request.seed,
+                      "image_size": image_size, "cxr_weights": str(request.cxr_weights)},
+                     sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(request.out) / "stages" / _stage_data_folder(stage, data) / f"{stage.name}-{digest}.pt"
 
 
 def _stage_data_folder(stage: PretrainingStage, data: Any) -> str:

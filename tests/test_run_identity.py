@@ -155,3 +155,23 @@ def test_a_new_method_merged_next_to_the_built_ins_gets_its_difference_without_r
     final = load_leaderboard(board_path)
     assert len(final["entries"]) >= len(after["entries"])
     assert {e["method"] for e in final["entries"]} == {"uni-ehr", "ok-ehr", "kill-ehr"}
+
+
+def test_stage_weights_are_keyed_by_the_presets_settings_not_its_name(monkeypatch, tmp_path):
+    """A preset whose learning-rate scale changes must not reuse stage weights trained with the
+    old scale (the quick preset's rates changed once: its name stayed 'quick')."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from fusebench import presets
+    from fusebench.registry import load_registry
+    from fusebench.runner import RunRequest, stage_weights_path
+
+    stage = load_registry().stage("ehr-uni")
+    data = SimpleNamespace(fingerprint="f" * 64, radiology_fingerprint="r" * 64)
+    request = RunRequest(task="phenotyping", method="medfuse", preset="quick", out=tmp_path)
+    before = stage_weights_path(stage, request, data, 48)
+    assert stage_weights_path(stage, request, data, 48) == before
+    changed = dataclasses.replace(presets.PRESETS["quick"], lr_scale=4.0)
+    monkeypatch.setitem(presets.PRESETS, "quick", changed)
+    assert stage_weights_path(stage, request, data, 48) != before
