@@ -46,8 +46,14 @@ def test_every_builtin_method_is_registered_through_entry_points():
     assert REGISTRY.method("medfuse").distribution == "fusebench"
 
 
+# drfuse's two ResNet-50 trunks make its conformance run take minutes of CPU: end to end
+HEAVY = {"drfuse"}
+
+
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("method", sorted(REGISTRY.methods))
+@pytest.mark.parametrize("method", [
+    pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name
+    for name in sorted(REGISTRY.methods)])
 def test_conformance(method, task):
     results = check_method(REGISTRY.method(method), REGISTRY, tasks=(task,))
     failures = [f"{r.name}: {r.reason}" for r in results if not r.passed]
