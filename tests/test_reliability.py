@@ -26,12 +26,12 @@ import pytest
 import torch
 
 from fusebench.checkpoints import load_checkpoint, save_checkpoint
-from fusebench.cli import main
 from fusebench.errors import FusebenchError
 from fusebench.fileio import atomic_write_json
 from fusebench.leaderboard import load_leaderboard, merge_result
 from fusebench.registry import extra_plugins, set_extra_plugins
 from fusebench.results import read_result, write_result
+from tests.fixtures.cli import fusebench_in_process
 
 try:  # tests/ may or may not be a package
     from tests.test_data_helpers import make_dataset
@@ -90,17 +90,7 @@ def fusebench(*args: str, env: dict | None = None, check: bool = True,
     return process
 
 
-def in_process(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
-    """Exit status and stderr of the console entry point run in this process: the same code and
-    error handling as the child processes, without their start-up (where nothing is killed)."""
-    capsys.readouterr()
-    try:
-        main(["--plugin", PLUGIN, *map(str, args)])
-    except SystemExit as exit_:
-        status = exit_.code
-    else:
-        status = 0
-    return status, capsys.readouterr().err
+in_process = fusebench_in_process
 
 
 def in_process_ok(capsys: pytest.CaptureFixture, *args: object) -> str:

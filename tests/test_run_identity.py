@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fusebench.cli import main
 from fusebench.fileio import file_lock
 from fusebench.leaderboard import load_leaderboard
 from fusebench.registry import extra_plugins, set_extra_plugins
+from tests.fixtures.cli import fusebench_in_process
 
 PLUGIN = "tests.fixtures.faulty_methods"
 IHM = "in-hospital-mortality"
@@ -30,16 +30,7 @@ def _restore_plugins():
     set_extra_plugins(before)
 
 
-def command(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
-    """Exit status and stderr of ``fusebench --plugin PLUGIN ARGS`` run in this process."""
-    capsys.readouterr()
-    try:
-        main(["--plugin", PLUGIN, *map(str, args)])
-    except SystemExit as exit_:
-        status = exit_.code
-    else:
-        status = 0
-    return status, capsys.readouterr().err
+command = fusebench_in_process
 
 
 def run_args(data: Path, out: Path, *extra: object) -> list[object]:
