@@ -3,7 +3,9 @@
 The driver (this module) prepares each task's data once, then hands the work to an executor
 (:mod:`fusebench.executors`) in two waves: the pretraining stages the pending entries need, each
 once, beside the entries that need no stage; then the entries that load a stage's weights. Each
-wave starts its longest jobs first. An entry whose results were computed with the same identity
+wave starts its longest jobs first, judged by the training time the same entry took when the
+board last recorded it (the committed demo board holds every entry's), so that with several
+workers no long job runs alone at the end. An entry whose results were computed with the same identity
 (settings, data fingerprint, method version: :func:`fusebench.runner.run_identity`) is reused;
 one computed otherwise runs again; an interrupted entry resumes from its checkpoint; a failing method is recorded as failed with its error and the
 grid goes on; a job whose worker died is retried, then reported. After every finished entry the
@@ -163,7 +165,8 @@ def run_grid(
             boards[task] = _rebuild(registry, task, data[task], request, root, records[task])
             display.update(grid_bar, advance=1, status=outcome.job.label)
 
-        for wave in _waves(registry, stage_jobs, jobs, data):
+        for wave in _waves(registry, stage_jobs, jobs, data, _recorded_seconds(boards,
+                                                                              request.preset)):
             spec.run(wave, settings, report)
     for task, board in boards.items():
         plot = save_forest_plot(board, leaderboard_path(root, board["dataset"]["name"], task)
@@ -192,14 +195,38 @@ def _stage_jobs(registry: Registry, jobs: Sequence[GridJob]) -> list[GridJob]:
     return list(stage_jobs.values())
 
 
+def _recorded_seconds(boards: dict[str, dict[str, Any]],
+                      preset: str) -> dict[tuple[str, str, str], float]:
+    """Training seconds of each (task, method, train cohort) the boards hold at ``preset``
+    (the longest when several seeds or runs are recorded)."""
+    seconds: dict[tuple[str, str, str], float] = {}
+    for task, board in boards.items():
+        for entry in [*board.get("entries", []), *board.get("other_entries", [])]:
+            result = entry.get("result") or {}
+            took = (result.get("training") or {}).get("seconds")
+            if took is None or result.get("preset") != preset:
+                continue
+            key = (task, entry["method"], entry["train_cohort"])
+            seconds[key] = max(seconds.get(key, 0.0), float(took))
+    return seconds
+
+
 def _waves(registry: Registry, stage_jobs: Sequence[GridJob], jobs: Sequence[GridJob],
-           data: dict[str, Any]) -> list[list[GridJob]]:
+           data: dict[str, Any],
+           recorded: dict[tuple[str, str, str], float] | None = None) -> list[list[GridJob]]:
     """The non-empty waves: the stages beside the entries that need none, then the entries
-    that load a stage's weights. Each wave is ordered longest first, stages leading: with
-    several workers the long jobs start early and none runs alone at the end."""
-    def order(job: GridJob) -> tuple[bool, int]:
+    that load a stage's weights. Each wave runs the stages first, then the entries no board has
+    timed (longest training cohort first), then the timed ones by their recorded seconds,
+    longest first: with several workers the long jobs start early and none runs alone at the
+    end."""
+    recorded = recorded or {}
+
+    def order(job: GridJob) -> tuple[bool, bool, float]:
+        key = (job.request.task, job.request.method, job.request.train_cohort)
+        if key in recorded:
+            return job.kind != "stage", True, -recorded[key]
         hours = data[job.request.task].cohort("train", job.request.train_cohort).ehr_hours
-        return job.kind != "stage", -hours
+        return job.kind != "stage", False, -float(hours)
 
     needs_stage = [bool(registry.method(job.request.method).pretraining) for job in jobs]
     first = [*stage_jobs, *(job for job, needs in zip(jobs, needs_stage, strict=True) if not needs)]

@@ -19,7 +19,7 @@ import pytest
 from fusebench.cli import main
 from fusebench.data import DataConfig
 from fusebench.executors import GridJob
-from fusebench.grid import _stage_jobs, _waves
+from fusebench.grid import _recorded_seconds, _stage_jobs, _waves
 from fusebench.leaderboard import load_leaderboard
 from fusebench.registry import load_registry
 from fusebench.runner import RunRequest
@@ -117,6 +117,30 @@ def test_grid_waves_run_stages_beside_stage_free_entries_longest_first():
         "uni-ehr on in-hospital-mortality (paired, seed 0)"]
     assert [j.request.method for j in second] == ["medfuse", "early"]
     assert _waves(registry, [], jobs[:1], data) == [jobs[:1]]
+
+
+def test_grid_waves_start_the_entries_a_board_timed_longest_after_the_untimed_ones():
+    registry = load_registry()
+    jobs = [GridJob("run", RunRequest(task=IHM, method=m, train_cohort=c, preset="quick"),
+                    DataConfig(Path("ehr"), Path("cxr")))
+            for m, c in [("uni-ehr", "paired"), ("uni-cxr", "paired"), ("late", "paired"),
+                         ("uni-ehr", "partial")]]
+    data = {IHM: SimpleNamespace(cohort=lambda split, cohort: SimpleNamespace(
+        ehr_hours={"paired": 10, "partial": 100}[cohort]))}
+
+    def entry(method: str, seconds: float, preset: str = "quick") -> dict:
+        return {"method": method, "train_cohort": "paired",
+                "result": {"preset": preset, "training": {"seconds": seconds}}}
+
+    # uni-cxr's 900 s were at another preset: it counts as untimed, like uni-ehr partial
+    boards = {IHM: {"entries": [entry("uni-ehr", 5.0), entry("late", 60.0)],
+                    "other_entries": [entry("uni-cxr", 900.0, preset="paper"),
+                                      entry("uni-ehr", 8.0)]}}
+    recorded = _recorded_seconds(boards, "quick")
+    assert recorded == {(IHM, "uni-ehr", "paired"): 8.0, (IHM, "late", "paired"): 60.0}
+    [wave] = _waves(registry, [], jobs, data, recorded)
+    assert [(j.request.method, j.request.train_cohort) for j in wave] == [
+        ("uni-ehr", "partial"), ("uni-cxr", "paired"), ("late", "paired"), ("uni-ehr", "paired")]
 
 
 @pytest.mark.slow
