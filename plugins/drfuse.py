@@ -9,7 +9,9 @@ Model (the code's ``DrFuseModel``):
 
 - EHR: a transformer encoder (:mod:`fusebench.plugins.transformer_ehr`: one trunk layer, then a
   ``shared`` and a ``distinct`` branch of one layer each, mean-pooled over the valid hours);
-  the distinct feature has its own head (the EHR prediction).
+  the distinct feature has its own head (the EHR prediction). It reads a stay's first 48 hours
+  (hourly bins 0-48), the series the code's data holds for both tasks: phenotyping's whole stay
+  is cut to them (``ehr_first_bins``).
 - CXR: a ResNet-50 stem (conv1 + BatchNorm, no ReLU or max-pool, as the code) followed by two
   ResNet-50 trunks (layer1 to layer4), ``shared`` and ``distinct``, each globally average-pooled
   and projected to ``hidden_size``; the distinct feature has its own head (the CXR prediction).
@@ -41,6 +43,8 @@ Deliberate differences from the code (its defects are not copied):
   (including the zero placeholders' features) but divides by the number with an image.
 - The code's CXR trunks end on a Linear applied to the 4-d feature map, which cannot run (it
   raises a shape error); the global average pool a ResNet has before its ``fc`` is added.
+- The code pairs a phenotyping stay only with an X-ray of its first 48 hours; here the task's
+  pairing window applies (``--cxr-window``), as for every method.
 - The code builds a ``domain_classifier`` and an ``ehr_model_linear`` that its forward never
   uses; they are not built here.
 - Its probability-space BCE and ``log(sigmoid)`` are computed from logits (same values,
@@ -90,6 +94,9 @@ RECIPE: dict[str, Any] = {
     "ehr_layers": 1,             # main.py --ehr_n_layers (each branch); the trunk has 1
     "ehr_dropout": 0.3,          # main.py --dropout
     "ehr_max_len": 350,          # ehr_transformer.py EHRTransformer max_len
+    # main.py reads ehr_{task}_48h_*.pkl for both tasks: the series of a stay's first 48 hours
+    # (hourly bins 0-48); phenotyping's whole stay is cut to them. 0: the whole series.
+    "ehr_first_bins": 49,
     "lambda_pred_ehr": 1.0,      # main.py --lambda_pred_ehr
     "lambda_pred_cxr": 1.0,      # main.py --lambda_pred_cxr
     "lambda_pred_shared": 1.0,   # main.py --lambda_pred_shared
@@ -133,7 +140,8 @@ class DrFuse(nn.Module):
     """The DrFuse model; ``forward`` returns the disease-wise attention's logits (B, C).
 
     Hyper-parameters read from ``config.hparams`` (defaults: :data:`RECIPE`): ``hidden_size``,
-    ``ehr_heads``, ``ehr_layers``, ``ehr_dropout``, ``ehr_max_len`` and the loss weights
+    ``ehr_heads``, ``ehr_layers``, ``ehr_dropout``, ``ehr_max_len``, ``ehr_first_bins`` and
+    the loss weights
     ``lambda_*`` used by :meth:`losses`.
     """
 
@@ -159,6 +167,7 @@ class DrFuse(nn.Module):
         # per token: a query, a value and one key per label
         self.attention = nn.Linear(hidden, (2 + config.num_classes) * hidden)
         self.final_head = nn.Linear(hidden, config.num_classes)
+        self.ehr_first_bins = int(hparams["ehr_first_bins"]) or None
         # the step has no hparams argument: the resolved weights travel with the model
         self.loss_weights = {k: float(v) for k, v in hparams.items() if k.startswith("lambda_")}
 
@@ -173,7 +182,11 @@ class DrFuse(nn.Module):
             weights over the EHR, shared and CXR tokens.
         """
         has_cxr = batch["has_cxr"].to(batch["ehr"].device)
-        ehr = self.ehr(batch["ehr"], batch["ehr_lengths"])
+        series, lengths = batch["ehr"], batch["ehr_lengths"]
+        if self.ehr_first_bins:
+            series = series[:, :self.ehr_first_bins]
+            lengths = lengths.clamp(max=self.ehr_first_bins)
+        ehr = self.ehr(series, lengths)
         hidden = ehr["shared"].shape[1]
         cxr_shared = ehr["shared"].new_zeros(len(has_cxr), hidden)
         cxr_distinct = torch.zeros_like(cxr_shared)

@@ -167,6 +167,19 @@ def test_training_step_without_images_leaves_the_cnn_alone() -> None:
     assert "ehr.embedding.weight" in changed and "final_head.weight" in changed
 
 
+@pytest.mark.slow  # builds three ResNet-50s, twice
+def test_phenotyping_reads_the_first_48_hours_of_a_stay_as_the_codes_data() -> None:
+    batch = make_batch(PHENOTYPING, 3, cxr_present="none", seq_len=80)
+    batch["ehr_lengths"] = torch.tensor([80, 60, 30])
+    cut = dict(batch, ehr=batch["ehr"][:, :49], ehr_lengths=torch.tensor([49, 49, 30]))
+    with torch.no_grad():
+        first_hours = _small_model(PHENOTYPING).eval()
+        assert torch.equal(first_hours(batch), first_hours(cut))
+        whole_stay = _small_model(PHENOTYPING, ehr_first_bins=0).eval()
+        assert not torch.allclose(whole_stay(batch)[:2], whole_stay(cut)[:2])
+        torch.testing.assert_close(whole_stay(batch)[2], whole_stay(cut)[2])
+
+
 def test_a_stay_longer_than_the_positional_table_is_cut_to_its_first_bins() -> None:
     torch.manual_seed(0)
     encoder = TransformerEHREncoder(76, 16, 2, ("only",), max_len=10, feedforward=32).eval()
