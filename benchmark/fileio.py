@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+import platformdirs
 
 from fusebench.errors import FusebenchError
 
 __all__ = [
     "atomic_write_bytes",
+    "fusebench_home",
     "atomic_write_json",
     "atomic_write_text",
     "file_lock",
@@ -184,3 +186,11 @@ def file_lock(path: Path, *, wait: bool = True, holder: str = "another fusebench
         with contextlib.suppress(OSError):
             lock_path.unlink()
         lock.release()
+
+
+def fusebench_home() -> Path:
+    """Per-user folder of fusebench's own files (cached demo datasets, parameter counts):
+    ``$FUSEBENCH_HOME``, else the platform's user cache folder (``~/.cache/fusebench`` on Linux,
+    ``~/Library/Caches/fusebench`` on macOS, ``%LOCALAPPDATA%\\fusebench\\Cache`` on Windows)."""
+    home = os.environ.get("FUSEBENCH_HOME")
+    return Path(home) if home else Path(platformdirs.user_cache_dir("fusebench", appauthor=False))

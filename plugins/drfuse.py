@@ -58,7 +58,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -119,7 +118,9 @@ def logit_pooling(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(numerator, dim=-1) - torch.logsumexp(denominator, dim=-1)
 
 
-def _resnet50_parts() -> torchvision.models.ResNet:
+def _resnet50_parts() -> nn.Module:
+    import torchvision  # 1.5 s to import: only when the model is built
+
     return torchvision.models.resnet50(weights=None)
 
 

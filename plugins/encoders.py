@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -215,6 +214,8 @@ class CXREncoder(nn.Module):
         super().__init__()
         if not 0 <= depth <= 4:
             raise FusebenchError(f"layer_after must be within 0-4, got {depth}")
+        import torchvision  # 1.5 s to import: only when a CNN is built
+
         network = torchvision.models.resnet34(weights=None)
         if weights_file is not None:
             _load_imagenet(network, Path(weights_file))
@@ -269,6 +270,8 @@ def imagenet_weights_file() -> Path:
     Raises:
         FusebenchError: the file is not cached and cannot be downloaded (e.g. offline).
     """
+    import torchvision
+
     weights = torchvision.models.ResNet34_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     if cached.is_file():

@@ -13,7 +13,7 @@ from fusebench.cli._common import console, err_console, registry_for_cli, split_
 from fusebench.errors import FusebenchError
 
 if TYPE_CHECKING:
-    from fusebench.specs import MethodSpec, TaskSpec
+    from fusebench.specs import MethodSpec
     from fusebench.testing import CheckResult
 
 __all__ = ["plugins"]
@@ -24,9 +24,7 @@ def plugins() -> None:
     """List, scaffold and check fusion-method plugins."""
 
 
-def _method_row(method: MethodSpec, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
-    from fusebench.testing import parameter_count_on_meta
-
+def _method_row(method: MethodSpec, counts: dict[str, int]) -> dict[str, Any]:
     return {
         "name": method.name,
         "plugin": method.plugin,
@@ -36,8 +34,7 @@ def _method_row(method: MethodSpec, tasks: Sequence[TaskSpec]) -> dict[str, Any]
         "default_train_cohort": method.default_train_cohort,
         "train_cohorts": list(method.train_cohorts),
         "pretraining": list(method.pretraining),
-        "trainable_parameters": {task.name: parameter_count_on_meta(method, task)
-                                 for task in tasks},
+        "trainable_parameters": counts,
         "description": method.description,
         "reference": method.reference,
     }
@@ -49,10 +46,13 @@ def plugins_list(as_json: bool) -> None:
     """List the registered fusion methods and their trainable parameters per task."""
     from rich.table import Table
 
+    from fusebench.parameter_counts import parameter_counts
+
     registry = registry_for_cli()
     tasks = sorted(registry.tasks.values(), key=lambda t: t.name)
-    rows = [_method_row(method, tasks) for method in sorted(registry.methods.values(),
-                                                              key=lambda m: m.name)]
+    methods = sorted(registry.methods.values(), key=lambda m: m.name)
+    counts = parameter_counts(methods, tasks)
+    rows = [_method_row(method, counts[method.name]) for method in methods]
     if as_json:
         click.echo(json.dumps({"methods": rows, "problems": registry.problems}, indent=2))
         return

@@ -5,24 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.progress import Progress
 
-from fusebench.checkpoints import delete_checkpoint
-from fusebench.data import DataConfig, prepare
 from fusebench.fileio import atomic_write_bytes
-from fusebench.progress import RunProgress
 from fusebench.registry import extra_plugins, get_registry, set_extra_plugins
-from fusebench.runner import (
-    RunRequest,
-    execute_run,
-    finished_results,
-    pretrain,
-    record_failure,
-    run_dir,
-    run_identity,
-)
+
+if TYPE_CHECKING:
+    from fusebench.data import DataConfig
+    from fusebench.runner import RunRequest
 
 __all__ = ["ExecutorSettings", "GridJob", "JobOutcome", "land_files", "run_job"]
 
@@ -122,6 +114,20 @@ def run_job(job: GridJob, display: Progress | None = None) -> JobOutcome:
     Returns:
         The :class:`JobOutcome`.
     """
+    # here, not at import: registering the executors (every `fusebench` command) must not pay
+    # for the run machinery's imports (pandas among them)
+    from fusebench.checkpoints import delete_checkpoint
+    from fusebench.data import prepare
+    from fusebench.progress import RunProgress
+    from fusebench.runner import (
+        execute_run,
+        finished_results,
+        pretrain,
+        record_failure,
+        run_dir,
+        run_identity,
+    )
+
     if extra_plugins() != job.plugins:
         set_extra_plugins(job.plugins)
     registry = get_registry()
