@@ -18,11 +18,13 @@ import pytest
 
 from fusebench.cli import main
 from fusebench.data import DataConfig
-from fusebench.executors import GridJob
+from fusebench.executors import ExecutorSettings, GridJob
+from fusebench.executors import local as local_executor
 from fusebench.grid import _recorded_seconds, _stage_jobs, _waves
 from fusebench.leaderboard import load_leaderboard
 from fusebench.registry import load_registry
 from fusebench.runner import RunRequest
+from tests.fixtures import worker_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 IHM = "in-hospital-mortality"
@@ -243,3 +245,24 @@ def test_the_grid_saves_a_forest_plot_beside_the_tables(local_grid):
     folder = local_grid / "leaderboards" / "demo"
     assert (folder / f"{IHM}.png").read_bytes()[:4] == b"\x89PNG"
     assert (folder / f"{IHM}.md").exists()
+
+
+def test_local_workers_take_one_job_after_another(monkeypatch):
+    monkeypatch.setattr(local_executor, "run_job", worker_probe.pid_of_worker)
+    reported = []
+    local_executor.run_local(["a", "b", "c", "d", "e"], ExecutorSettings(jobs=2),
+                             reported.append)
+    assert sorted(job for job, _ in reported) == ["a", "b", "c", "d", "e"]
+    assert len({pid for _, pid in reported}) == 2  # two workers, not one per job
+
+
+def test_a_dead_local_worker_is_replaced_and_its_job_retried_then_lost(monkeypatch):
+    monkeypatch.setattr(local_executor, "run_job", worker_probe.pid_of_worker)
+    reported = []
+    local_executor.run_local(["a", "die", "b", "c"], ExecutorSettings(jobs=2, retries=1),
+                             reported.append)
+    finished = sorted(r[0] for r in reported if isinstance(r, tuple))
+    lost = [r for r in reported if not isinstance(r, tuple)]
+    assert finished == ["a", "b", "c"]
+    assert [(o.job, o.status) for o in lost] == [("die", "lost")]
+    assert "worker process died" in lost[0].reason
