@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from fusebench.cli.data import data_group
 from fusebench.data.check import check_data_root
-from fusebench.data.cli import data_group
 
 IHM, PHENO = "in-hospital-mortality", "phenotyping"
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fusebench.cli.data import data_group
 from fusebench.data import DataConfig, prepare
 from fusebench.data.cache import ensure_entry
-from fusebench.data.cli import data_group
 from fusebench.tasks.builtin import IN_HOSPITAL_MORTALITY, PHENOTYPING
 
 try:  # tests/ may or may not be a package

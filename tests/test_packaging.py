@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -74,3 +75,18 @@ def test_the_wheel_holds_only_fusebench_and_every_source_file(tmp_path: Path) ->
     entry_points = next(zipfile.Path(wheel, n).read_text() for n in names
                         if n.endswith("entry_points.txt"))
     assert "= benchmark." not in entry_points and "= plugins." not in entry_points
+
+
+def test_click_is_imported_by_the_command_modules_only() -> None:
+    """Library modules raise errors and return data; only ``benchmark/cli/`` speaks click."""
+    offenders = []
+    for folder in FOLDERS:
+        for source in sorted((REPO / folder).rglob("*.py")):
+            if source.is_relative_to(REPO / "benchmark" / "cli"):
+                continue
+            for node in ast.walk(ast.parse(source.read_text(), str(source))):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(name == "click" or name.startswith("click.") for name in names):
+                    offenders.append(f"{source.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fusebench.data.cli import data_group
+from fusebench.cli.data import data_group
 from fusebench.data.pairing import pair_images
 from fusebench.data.prepare_cxr import prepare_cxr
 from fusebench.data.readers import parse_study_datetime

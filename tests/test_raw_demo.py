@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fusebench.data.demo import demo_command
+from fusebench.cli.data import demo_command
 from fusebench.data.demo.raw import generate_raw_demo
 
 REFERENCE = Path(__file__).resolve().parents[1] / "benchmark" / "data" / "extract" / "resources"

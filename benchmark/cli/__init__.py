@@ -27,7 +27,7 @@ __all__ = ["cli", "main"]
 
 # command name -> (module:attribute, one-line help shown by `fusebench --help`)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("fusebench.data.cli:data_group", "Generate, inspect and prepare datasets."),
+    "data": ("fusebench.cli.data:data_group", "Generate, inspect and prepare datasets."),
     "leaderboard": ("fusebench.cli.leaderboard:leaderboard",
                     "Run the standard leaderboard grid (or a subcommand such as `merge`)."),
     "plugins": ("fusebench.cli.plugins:plugins", "List, scaffold and check fusion-method plugins."),

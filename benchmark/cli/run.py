@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fusebench.cli._common import console, err_console, out_folder, registry_for_cli, resolve_device
-from fusebench.data.cli import data_options
+from fusebench.cli.data import data_options
 from fusebench.errors import FusebenchError
 from fusebench.presets import PRESETS, Preset
 from fusebench.specs import COHORTS
@@ -56,7 +56,7 @@ def run_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def data_config(options: dict[str, Any], preset: Preset) -> DataConfig:
     """Data configuration from the data options; the preset sets the image size unless given."""
-    from fusebench.data.cli import data_config_from_options
+    from fusebench.cli.data import data_config_from_options
 
     config = data_config_from_options(**options)
     if options.get("image_size") is None:

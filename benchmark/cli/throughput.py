@@ -16,7 +16,7 @@ from fusebench.cli._common import (
     resolve_device,
     split_names,
 )
-from fusebench.data.cli import data_options
+from fusebench.cli.data import data_options
 from fusebench.errors import FusebenchError
 
 __all__ = ["throughput"]
@@ -79,8 +79,8 @@ def throughput(methods: Sequence[str], task_name: str, device: str | None,
         _check_writable(json_path)
     data = None
     if mode == "end-to-end":
+        from fusebench.cli.data import data_config_from_options
         from fusebench.data import prepare
-        from fusebench.data.cli import data_config_from_options
 
         data = prepare(data_config_from_options(**data_settings), task)
     image_size = data_settings.get("image_size") or 224

@@ -58,7 +58,6 @@ Example:
 
 from __future__ import annotations
 
-from fusebench.data.demo.command import demo_command
 from fusebench.data.demo.generate import (
     GENERATOR_VERSION,
     MANIFEST,
@@ -72,7 +71,6 @@ __all__ = [
     "DEMO_SIZES",
     "GENERATOR_VERSION",
     "MANIFEST",
-    "demo_command",
     "demo_home",
     "ensure_demo",
     "generate_demo",

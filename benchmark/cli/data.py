@@ -1,22 +1,28 @@
-"""``fusebench data ...`` commands and the data options shared by every command that reads data."""
+"""``fusebench data demo|extract|prepare-cxr|check|info``, and the data options shared by every
+command that reads data."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from fusebench.data.demo import MANIFEST, demo_command, ensure_demo
-from fusebench.data.extract.command import extract_command
+from fusebench.data.demo.generate import MANIFEST, ProgressBars, ensure_demo, generate_demo
+from fusebench.data.demo.model import DEMO_SIZES
+from fusebench.data.demo.raw import MIMIC_IV_VERSIONS, generate_raw_demo
+from fusebench.data.extract.profiles import PROFILES
 from fusebench.data.layout import SPLITS, DataConfig
 from fusebench.errors import FusebenchError
 
-__all__ = ["data_config_from_options", "data_group", "data_options"]
+if TYPE_CHECKING:
+    from fusebench.data.extract.pipeline import ExtractSummary
+
+__all__ = ["data_config_from_options", "data_group", "data_options", "demo_command", "extract_command"]
 
 _folder = click.Path(file_okay=False, path_type=Path)
 _data_option_list = [
@@ -170,5 +176,117 @@ def check_command(data_root: Path | None, ehr_root: Path | None, cxr_root: Path 
         raise FusebenchError(f"data check: {errors} check(s) failed; fix them before training")
 
 
-data_group.add_command(demo_command)
-data_group.add_command(extract_command)
+@data_group.command("demo")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to create (must not exist or be empty). Default: the per-user cache "
+    "$FUSEBENCH_HOME/demo/<size>-seed<seed> (reused if present).",
+)
+@click.option(
+    "--size",
+    type=click.Choice(list(DEMO_SIZES)),
+    default=None,
+    help="tiny: tests, seconds; small: the default demo; full: MIMIC scale. With --raw: tiny "
+    "(about 60 stays, the default) or small (about 300).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Write a synthetic RAW download instead (OUT/mimic-iv as PhysioNet ships MIMIC-IV, "
+    "OUT/mimic-cxr-jpg, OUT/planted.json) for `fusebench data extract` and `prepare-cxr`.",
+)
+@click.option(
+    "--mimic-iv-version",
+    type=click.Choice(MIMIC_IV_VERSIONS),
+    default="3.1",
+    show_default=True,
+    help="With --raw: the MIMIC-IV release whose folders and columns to write.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def demo_command(out: Path | None, size: str | None, seed: int, raw: bool,
+                 mimic_iv_version: str, progress: bool) -> None:
+    """Write the synthetic MIMIC-shaped demo dataset (EHR + CXR, not real patients)."""
+    if raw:
+        if out is None:
+            raise FusebenchError("--raw needs --out DIR (the folder to write the raw download to)")
+        with ProgressBars(progress) as add_bar:
+            manifest = generate_raw_demo(out, mimic_iv_version, size or "tiny", seed,
+                                         progress=add_bar)
+        click.echo(
+            f"Synthetic RAW download (not MIMIC) at {out}: MIMIC-IV v{mimic_iv_version} layout "
+            f"in {out / 'mimic-iv'} ({manifest['stays']} ICU stays), MIMIC-CXR-JPG in "
+            f"{out / 'mimic-cxr-jpg'} ({manifest['images']} images); planted quirks in "
+            f"{out / 'planted.json'}"
+        )
+        return
+    size = size or "small"
+    root = (
+        generate_demo(out, size, seed, progress=progress)
+        if out is not None
+        else ensure_demo(size, seed, progress=progress)
+    )
+    click.echo(
+        f"Synthetic demo dataset (not MIMIC) at {root}: --ehr-root {root / 'ehr'} "
+        f"--cxr-root {root / 'cxr'}"
+    )
+
+
+_PROFILE_HELP = " ".join(
+    f"{name}: " + "; ".join(rules) + "." for name, rules in PROFILES.items())
+
+
+@data_group.command("extract")
+@click.option("--mimic-iv", "mimic_iv", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The MIMIC-IV folder as PhysioNet ships it (hosp/, icu/; core/ for v1.0), "
+                   ".csv.gz or .csv.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Data root to write: OUT/ehr (use it as --data-root with OUT/cxr).")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="medfuse-2022",
+              show_default=True, help=_PROFILE_HELP)
+@click.option("--resume", is_flag=True,
+              help="Continue a killed extraction in OUT (finished stages are kept).")
+@click.option("--memory-limit", default="4GB", show_default=True,
+              help="Memory cap of the columnar engine (duckdb spills to disk beyond it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars and counts.")
+def extract_command(mimic_iv: Path, out: Path, profile: str, resume: bool, memory_limit: str,
+                    as_json: bool, progress: bool) -> None:
+    """Extract the benchmark EHR files (listfiles, episode CSVs) from raw MIMIC-IV."""
+    from rich.console import Console
+
+    from fusebench.data.extract.pipeline import extract_mimic_iv
+
+    summary = extract_mimic_iv(mimic_iv, out, profile=profile, resume=resume,
+                               progress=progress and not as_json, memory_limit=memory_limit)
+    if as_json:
+        click.echo(json.dumps(summary.as_json(), indent=2))
+        return
+    Console().print(_table(summary))
+    click.echo(f"wrote {out / 'ehr'} (summary in {out / 'ehr' / 'extract.json'})")
+
+
+def _count_text(value: object) -> str:
+    """A count, or a cohort step's stays (admissions, subjects in the JSON), or key/value pairs."""
+    if not isinstance(value, dict):
+        return str(value)
+    if "stays" in value:
+        return f"{value['stays']} stays"
+    return ", ".join(f"{key} {item}" for key, item in value.items())
+
+
+def _table(summary: ExtractSummary) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"MIMIC-IV {summary.version} -> fusebench EHR root "
+                        f"(profile {summary.profile})")
+    for column in ("stage", "seconds", "counts"):
+        table.add_column(column)
+    for stage, counts in summary.counts.items():
+        seconds = summary.seconds.get(stage)
+        shown = "; ".join(f"{name}: {_count_text(value)}" for name, value in counts.items())
+        table.add_row(stage, "resumed" if seconds is None else f"{seconds:.1f}", shown)
+    return table
