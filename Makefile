@@ -26,5 +26,7 @@ demo: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
+# One test process per core, at most 4 (each holds torch); a file's tests stay in one process, so
+# its module fixtures are built once.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile

@@ -16,8 +16,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fusebench.cli.data import demo_command
 from fusebench.data import demo
-from fusebench.data.demo import demo_command, ensure_demo, generate_demo
+from fusebench.data.demo import ensure_demo, generate_demo
 from fusebench.data.demo import generate as demo_generate
 from fusebench.data.readers import read_listfile
 from fusebench.errors import FusebenchError

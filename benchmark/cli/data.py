@@ -22,7 +22,8 @@ from fusebench.errors import FusebenchError
 if TYPE_CHECKING:
     from fusebench.data.extract.pipeline import ExtractSummary
 
-__all__ = ["data_config_from_options", "data_group", "data_options", "demo_command", "extract_command"]
+__all__ = ["data_config_from_options", "data_group", "data_options", "demo_command",
+           "extract_command"]
 
 _folder = click.Path(file_okay=False, path_type=Path)
 _data_option_list = [
