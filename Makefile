@@ -15,9 +15,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,plot,slurm,ray,extract]'
 	touch $(INSTALLED)
 
-# The MedFuse-era built-ins. drfuse is left out of the CPU demo: its two ResNet-50 trunks cost
-# about 12 CPU minutes per quick in-hospital-mortality epoch here (CONTRIBUTING, "The built-in
-# DrFuse"), more than the rest of the board together; add it with --methods on a GPU.
+# The MedFuse-era built-ins. drfuse is left out of `make demo`: its two ResNet-50 trunks and its
+# transformer cost about as much training time as the other entries together (CONTRIBUTING, "The
+# built-in DrFuse"); the committed board adds it with
+# `fusebench leaderboard --preset quick --jobs 2 --methods drfuse` (about 10 min on 2 cores).
 DEMO_METHODS := daft,early,joint,late,medfuse,medfuse-ri,mmtm,uni-cxr,uni-ehr
 
 demo: $(INSTALLED)
