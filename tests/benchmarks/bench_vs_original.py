@@ -168,7 +168,7 @@ def run_fusebench(data_root: Path) -> dict[str, float]:
     from fusebench.data import DataConfig, prepare
     from fusebench.metrics import score_predictions
     from fusebench.plugins.encoders import CXREncoder
-    from fusebench.plugins.pretraining import RadiologyModel
+    from fusebench.plugins.pretraining import RADIOLOGY_HPARAMS, RadiologyModel
     from fusebench.registry import load_registry
     from fusebench.specs import ModelConfig
     from fusebench.steps import (
@@ -221,7 +221,7 @@ def run_fusebench(data_root: Path) -> dict[str, float]:
         times["cxr-stage-data"] = time.perf_counter() - begin
         stage_model = RadiologyModel(CXREncoder())
         stage_model.train()
-        stage_optimizers = default_optimizers(stage_model, {"lr": 1e-4, "betas": (0.9, 0.9)})
+        stage_optimizers = default_optimizers(stage_model, RADIOLOGY_HPARAMS)
         begin = time.perf_counter()
         for batch in radiology.batches(BATCH_SIZE, shuffle=True, seed=SEED, augment=True):
             default_training_step(stage_model, batch_to_device(batch, device), stage_optimizers)

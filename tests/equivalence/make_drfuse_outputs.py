@@ -29,7 +29,6 @@ the original's modules and weights as they are.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -47,6 +46,7 @@ from tests.equivalence.drfuse_cases import (
     fusebench_outputs,
     paired_batch,
 )
+from tests.equivalence.fixture_script import parse_checkout, write_fixture
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "drfuse_original_outputs.npz"
 
@@ -220,14 +220,9 @@ def original_outputs(task: str, trainer_class) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drfuse", type=Path, default=os.environ.get("DRFUSE_SRC"),
-                        help="checkout of github.com/dorothy-yao/drfuse (or DRFUSE_SRC)")
-    parser.add_argument("--out", type=Path, default=FIXTURE)
-    options = parser.parse_args()
-    if options.drfuse is None or not (options.drfuse / "models" / "drfuse.py").is_file():
-        raise SystemExit("pass --drfuse PATH (or DRFUSE_SRC) of a DrFuse checkout")
-    trainer_class = _import_original(options.drfuse.resolve())
+    checkout, out = parse_checkout(__doc__.splitlines()[0], "drfuse", "DRFUSE_SRC",
+                                   "github.com/dorothy-yao/drfuse", "models/drfuse.py", FIXTURE)
+    trainer_class = _import_original(checkout)
     arrays: dict[str, np.ndarray] = {}
     for task in TASKS:
         print(task)
@@ -239,11 +234,7 @@ def main() -> None:
             scale = value.detach().abs().max().item()
             print(f"  {key:<34} max |fusebench - original| = {diff:.2e} (max |original| "
                   f"{scale:.3g})")
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = options.out.with_suffix(".tmp.npz")
-    np.savez_compressed(temporary, **arrays)
-    temporary.replace(options.out)
-    print(f"wrote {options.out} ({options.out.stat().st_size} bytes)")
+    write_fixture(out, arrays)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ largest difference from fusebench for each output.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ from tests.equivalence.cases import (
     recording_steps,
     train_batch,
 )
+from tests.equivalence.fixture_script import parse_checkout, write_fixture
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "original_outputs.npz"
 
@@ -278,14 +278,9 @@ def _load_and_check(model: nn.Module, weights: dict[str, torch.Tensor], fusion_t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--medfuse", type=Path, default=os.environ.get("MEDFUSE_SRC"),
-                        help="checkout of github.com/nyuad-cai/MedFuse (or MEDFUSE_SRC)")
-    parser.add_argument("--out", type=Path, default=FIXTURE)
-    options = parser.parse_args()
-    if options.medfuse is None or not (options.medfuse / "models" / "fusion.py").is_file():
-        raise SystemExit("pass --medfuse PATH (or MEDFUSE_SRC) of a MedFuse checkout")
-    original = _import_original(options.medfuse.resolve())
+    checkout, out = parse_checkout(__doc__.splitlines()[0], "medfuse", "MEDFUSE_SRC",
+                                   "github.com/nyuad-cai/MedFuse", "models/fusion.py", FIXTURE)
+    original = _import_original(checkout)
     registry = fusebench_registry()
     arrays: dict[str, np.ndarray] = {}
     for case in CASES:
@@ -307,11 +302,7 @@ def main() -> None:
             scale = max(1.0, value.abs().max().item())
             print(f"  {key:<22} max |fusebench - original| = {diff:.2e} (max |original| "
                   f"{scale:.2g})")
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = options.out.with_suffix(".tmp.npz")
-    np.savez_compressed(temporary, **arrays)
-    temporary.replace(options.out)
-    print(f"wrote {options.out} ({options.out.stat().st_size} bytes)")
+    write_fixture(out, arrays)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,6 @@ from __future__ import annotations
 from fusebench.data.demo.generate import (
     GENERATOR_VERSION,
     MANIFEST,
-    demo_home,
     ensure_demo,
     generate_demo,
 )
@@ -71,7 +70,6 @@ __all__ = [
     "DEMO_SIZES",
     "GENERATOR_VERSION",
     "MANIFEST",
-    "demo_home",
     "ensure_demo",
     "generate_demo",
 ]

@@ -158,11 +158,6 @@ def generate_demo(out: Path, size: str = "small", seed: int = 0, *, progress: bo
     return out
 
 
-def demo_home() -> Path:
-    """Folder holding the cached demo datasets: :func:`fusebench.fileio.fusebench_home`."""
-    return fusebench_home()
-
-
 def _is_complete(root: Path, size: str, seed: int) -> bool:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -188,7 +183,7 @@ def ensure_demo(size: str = "small", seed: int = 0, *, progress: bool = True) ->
         'tiny-seed0'
     """
     _check_size(size)
-    root = demo_home() / "demo" / f"{size}-seed{seed}"
+    root = fusebench_home() / "demo" / f"{size}-seed{seed}"
     if _is_complete(root, size, seed):
         return root
     tmp = _build_beside(root, size, seed, progress)
