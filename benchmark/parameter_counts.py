@@ -46,7 +46,10 @@ def parameter_counts(methods: Sequence[MethodSpec],
     counts: dict[str, dict[str, int]] = {}
     missing = False
     # before any count imports more modules: the stamps must not depend on which counts missed
-    stamps = {method.name: _code_stamp(method) for method in methods}
+    versions = [_version("torch"), _version("torchvision")]
+    files = {package: _file_stamps(package) for package in {_package(m) for m in methods}}
+    stamps = {method.name: _code_stamp(method, versions, files[_package(method)])
+              for method in methods}
     for method in methods:
         stamp = stamps[method.name]
         counts[method.name] = {}
@@ -74,11 +77,15 @@ def _read(path: Path) -> dict[str, int]:
         content, dict) else {}
 
 
-def _code_stamp(method: MethodSpec) -> str:
-    module = getattr(method.build, "__module__", None) or ""
-    top = module.split(".")[0]
+def _package(method: MethodSpec) -> str:
+    """The top-level package of the module defining the method's builder."""
+    return (getattr(method.build, "__module__", None) or "").split(".")[0]
+
+
+def _file_stamps(package: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every loaded module of ``package``."""
     files = sorted({m.__file__ for name, m in list(sys.modules.items())
-                    if (name == top or name.startswith(top + "."))
+                    if (name == package or name.startswith(package + "."))
                     and isinstance(getattr(m, "__file__", None), str)})
     stamps = []
     for file in files:
@@ -87,9 +94,14 @@ def _code_stamp(method: MethodSpec) -> str:
         except OSError:
             continue
         stamps.append((file, status.st_size, status.st_mtime_ns))
-    return json.dumps([method.name, method.distribution, method.version, module,
-                       getattr(method.build, "__qualname__", repr(method.build)),
-                       _version("torch"), _version("torchvision"), stamps])
+    return stamps
+
+
+def _code_stamp(method: MethodSpec, versions: list[str],
+                files: list[tuple[str, int, int]]) -> str:
+    return json.dumps([method.name, method.distribution, method.version,
+                       getattr(method.build, "__module__", None),
+                       getattr(method.build, "__qualname__", repr(method.build)), versions, files])
 
 
 def _key(stamp: str, method: MethodSpec, task: TaskSpec) -> str:
